@@ -1,0 +1,175 @@
+"""The OA database schema (SQLAlchemy Core), owned by calsync's migrations.
+
+OA-side tables (``oa_*``) model what an OA product keeps: HR users and departments, meeting
+rooms, schedules and their participants. An existing OA product would map onto them with views.
+calsync's own tables (``calsync_*``) hold the room mapping (F18), the meeting identities and
+links (the single source of truth for "already synced"), and the sync log (F19).
+
+Times are stored as naive UTC datetimes with the source zone beside them; all-day schedules
+as dates (end exclusive) so they can never shift by a day.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+# Binding-field candidates (F4): any of these HR-card columns may hold the mailbox address.
+BINDING_FIELDS = ("email", "alt_email", "login_name", "employee_no")
+# HR attributes a scope condition (F7) may test.
+HR_ATTRIBUTES = ("login_name", "email", "alt_email", "employee_no", "position", "city", "active")
+
+departments = sa.Table(
+    "oa_departments",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("parent_id", sa.Integer, sa.ForeignKey("oa_departments.id"), nullable=True),
+)
+
+users = sa.Table(
+    "oa_users",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("login_name", sa.String(100), nullable=False, unique=True),
+    sa.Column("display_name", sa.String(200), nullable=False),
+    sa.Column("email", sa.String(320), nullable=True),
+    sa.Column("alt_email", sa.String(320), nullable=True),
+    sa.Column("employee_no", sa.String(64), nullable=True),
+    sa.Column("department_id", sa.Integer, sa.ForeignKey("oa_departments.id"), nullable=True),
+    sa.Column("position", sa.String(100), nullable=True),
+    sa.Column("city", sa.String(100), nullable=True),
+    sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),
+)
+
+rooms = sa.Table(
+    "oa_meeting_rooms",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("capacity", sa.Integer, nullable=True),
+    sa.Column("building", sa.String(200), nullable=True),
+)
+
+schedules = sa.Table(
+    "oa_schedules",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("title", sa.String(500), nullable=False),
+    sa.Column("start_utc", sa.DateTime, nullable=True),
+    sa.Column("end_utc", sa.DateTime, nullable=True),
+    sa.Column("all_day", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("start_date", sa.Date, nullable=True),
+    sa.Column("end_date", sa.Date, nullable=True),  # exclusive, as the suites send it
+    sa.Column("timezone", sa.String(64), nullable=False, server_default="UTC"),
+    sa.Column("location", sa.String(500), nullable=False, server_default=""),
+    sa.Column("room_id", sa.Integer, sa.ForeignKey("oa_meeting_rooms.id"), nullable=True),
+    sa.Column("details", sa.Text, nullable=False, server_default=""),
+    sa.Column("color", sa.String(16), nullable=False, server_default=""),
+    sa.Column("creator_id", sa.Integer, sa.ForeignKey("oa_users.id"), nullable=False),
+    # Which integration created the schedule (forward sync), NULL when made in the OA: only
+    # schedules an integration created may ever be deleted by its forward sync (E17).
+    sa.Column("source_integration", sa.String(100), nullable=True),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Index("ix_oa_schedules_creator_start", "creator_id", "start_utc"),
+)
+
+participants = sa.Table(
+    "oa_schedule_participants",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "schedule_id",
+        sa.Integer,
+        sa.ForeignKey("oa_schedules.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("kind", sa.String(16), nullable=False),  # user / external / room
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("oa_users.id"), nullable=True),
+    sa.Column("room_id", sa.Integer, sa.ForeignKey("oa_meeting_rooms.id"), nullable=True),
+    sa.Column("email", sa.String(320), nullable=False, server_default=""),
+    sa.Column("name", sa.String(200), nullable=False, server_default=""),
+    sa.Column("response", sa.String(32), nullable=False, server_default="none"),
+)
+
+room_mappings = sa.Table(
+    "calsync_room_mappings",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("room_id", sa.Integer, sa.ForeignKey("oa_meeting_rooms.id"), nullable=False),
+    sa.Column("suite_mailbox", sa.String(320), nullable=False),
+)
+
+# One row per (integration, meeting identity): one meeting = one OA schedule (DESIGN). The
+# unique key makes two concurrent tasks that both see a meeting for the first time agree.
+meetings = sa.Table(
+    "calsync_meetings",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("integration_id", sa.String(100), nullable=False),
+    sa.Column("identity_key", sa.String(400), nullable=False),
+    sa.Column(
+        "schedule_id",
+        sa.Integer,
+        sa.ForeignKey("oa_schedules.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("owner_mailbox", sa.String(320), nullable=False),
+    sa.Column("content_hash", sa.String(64), nullable=False, server_default=""),
+    sa.UniqueConstraint("integration_id", "identity_key", name="uq_calsync_meetings_identity"),
+)
+
+# One row per mailbox copy of a linked meeting.
+links = sa.Table(
+    "calsync_links",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("integration_id", sa.String(100), nullable=False),
+    sa.Column("mailbox", sa.String(320), nullable=False),
+    sa.Column("suite_id", sa.String(400), nullable=False),
+    sa.Column("ical_uid", sa.String(400), nullable=False, server_default=""),
+    sa.Column("identity_key", sa.String(400), nullable=False),
+    sa.Column(
+        "schedule_id",
+        sa.Integer,
+        sa.ForeignKey("oa_schedules.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("change_key", sa.String(200), nullable=False, server_default=""),
+    sa.Column("content_hash", sa.String(64), nullable=False, server_default=""),
+    # The event's extent as last seen, so a run deletes only links inside the window it read.
+    sa.Column("event_start_utc", sa.DateTime, nullable=True),
+    sa.Column("event_end_utc", sa.DateTime, nullable=True),
+    sa.Column("event_start_date", sa.Date, nullable=True),
+    sa.Column("event_end_date", sa.Date, nullable=True),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.UniqueConstraint("integration_id", "mailbox", "suite_id", name="uq_calsync_links_suite"),
+    sa.Index("ix_calsync_links_mailbox", "integration_id", "mailbox"),
+    sa.Index("ix_calsync_links_identity", "integration_id", "identity_key"),
+)
+
+sync_log = sa.Table(
+    "calsync_sync_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("logged_at", sa.DateTime, nullable=False, index=True),
+    sa.Column("integration_id", sa.String(100), nullable=False),
+    sa.Column("run_id", sa.String(250), nullable=True),
+    sa.Column("dag_id", sa.String(250), nullable=True),
+    sa.Column("direction", sa.String(16), nullable=False),  # forward / reverse
+    # created / updated / deleted / linked / skipped / failed / held
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("user_id", sa.Integer, nullable=True),
+    sa.Column("mailbox", sa.String(320), nullable=True),
+    sa.Column("schedule_id", sa.Integer, nullable=True),
+    sa.Column("suite_id", sa.String(400), nullable=True),
+    sa.Column("title", sa.String(500), nullable=True),
+    sa.Column("message", sa.Text, nullable=False, server_default=""),
+    sa.Index("ix_calsync_sync_log_integration", "integration_id", "logged_at"),
+)
