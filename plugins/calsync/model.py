@@ -100,6 +100,7 @@ class OAUser:
     mailbox: str  # the binding-field value, lower-cased
     name: str = ""
     department_id: int | None = None
+    login: str = ""
 
 
 @dataclass(slots=True)

@@ -1,0 +1,292 @@
+"""Office 365 through Microsoft Graph (global and China clouds), via the Azure provider's hook.
+
+The connection is the provider's ``msgraph`` type: login = client id, password = client secret,
+extras ``tenant_id`` (and, for a private endpoint or an emulator, ``authority``, ``base_url``,
+``allowed_hosts``, ``verify``). The two clouds differ only by login host, Graph host and scope,
+filled in here from the integration type when the connection does not set them (F13).
+
+Reads use ``calendarView`` (recurring series arrive as occurrences, E4) with
+``Prefer: outlook.timezone="UTC"`` (every timed value is parsed as UTC, all-day values are
+floating dates and taken as such), ``odata.maxpagesize`` paging and immutable ids (E11).
+Throttling: the hook's HTTP client carries kiota's retry middleware, which honours
+Retry-After on 429/503/504; calsync does not stack a second request-level retry on it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from calsync.config import IntegrationConfig, resolve_timezone
+from calsync.connectors.base import SuiteConnector
+from calsync.errors import ConnectorError, MailboxNotFound
+from calsync.model import Attendee, SuiteEvent, Window
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Cloud:
+    login_host: str
+    graph_host: str
+
+    @property
+    def scope(self) -> str:
+        return f"{self.graph_host}/.default"
+
+
+CLOUDS = {
+    "office365_global": Cloud("https://login.microsoftonline.com", "https://graph.microsoft.com"),
+    "office365_cn": Cloud(
+        "https://login.chinacloudapi.cn", "https://microsoftgraph.chinacloudapi.cn"
+    ),
+}
+
+SELECT = ",".join(
+    [
+        "id",
+        "iCalUId",
+        "subject",
+        "body",
+        "start",
+        "end",
+        "isAllDay",
+        "location",
+        "locations",
+        "attendees",
+        "organizer",
+        "type",
+        "seriesMasterId",
+        "originalStart",
+        "originalStartTimeZone",
+        "isCancelled",
+        "sensitivity",
+        "showAs",
+        "importance",
+        "categories",
+        "changeKey",
+        "lastModifiedDateTime",
+        "webLink",
+    ]
+)
+
+
+def parse_graph_datetime(value: str) -> dt.datetime:
+    """A Graph ``dateTime`` rendered in UTC (7 fractional digits, no offset) as aware UTC."""
+    text = value.rstrip("Z")
+    if "." in text:
+        head, frac = text.split(".", 1)
+        text = f"{head}.{frac[:6]}"
+    parsed = dt.datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=dt.UTC)
+    return parsed.astimezone(dt.UTC)
+
+
+def _zone(name: str | None, fallback: str) -> str:
+    if not name or name in ("tzone://Microsoft/Utc", "tzone://Microsoft/Custom"):
+        return fallback
+    try:
+        return resolve_timezone(name)
+    except ValueError:
+        return fallback
+
+
+def _address(node: dict[str, Any] | None) -> tuple[str, str]:
+    email = ((node or {}).get("emailAddress") or {}) if node else {}
+    return (email.get("address") or "").strip().lower(), (email.get("name") or "").strip()
+
+
+def normalize_event(item: dict[str, Any], default_zone: str) -> SuiteEvent:
+    """A Graph event (read with ``outlook.timezone="UTC"``) as a :class:`SuiteEvent`.
+
+    Raises ValueError naming the problem for an event that cannot be understood.
+    """
+    suite_id = item.get("id")
+    if not suite_id:
+        raise ValueError("event without an id")
+    start_raw = (item.get("start") or {}).get("dateTime")
+    end_raw = (item.get("end") or {}).get("dateTime")
+    if not start_raw or not end_raw:
+        raise ValueError("event without start or end")
+    all_day = bool(item.get("isAllDay"))
+    start = parse_graph_datetime(start_raw)
+    end = parse_graph_datetime(end_raw)
+    if end < start:
+        raise ValueError(f"end {end_raw} is before start {start_raw}")
+    organizer_email, organizer_name = _address(item.get("organizer"))
+    attendees = []
+    for node in item.get("attendees") or []:
+        email, name = _address(node)
+        if not email:
+            continue
+        kind = (
+            node.get("type")
+            if node.get("type") in ("required", "optional", "resource")
+            else "required"
+        )
+        response = ((node.get("status") or {}).get("response")) or "none"
+        attendees.append(Attendee(email=email, name=name, kind=kind, response=response))
+    location = item.get("location") or {}
+    room_email = (location.get("locationEmailAddress") or "").strip().lower()
+    if room_email and all(a.email != room_email for a in attendees):
+        attendees.append(
+            Attendee(email=room_email, name=location.get("displayName") or "", kind="resource")
+        )
+    body = item.get("body") or {}
+    original_start = item.get("originalStart")
+    event_type = item.get("type") or "singleInstance"
+    return SuiteEvent(
+        suite_id=suite_id,
+        ical_uid=item.get("iCalUId") or suite_id,
+        subject=item.get("subject") or "",
+        start=None if all_day else start,
+        end=None if all_day else end,
+        all_day=all_day,
+        # All-day values are floating dates: the date part as sent, never converted.
+        start_date=dt.date.fromisoformat(start_raw[:10]) if all_day else None,
+        end_date=dt.date.fromisoformat(end_raw[:10]) if all_day else None,
+        timezone=_zone(item.get("originalStartTimeZone"), default_zone),
+        location=(location.get("displayName") or "").strip(),
+        body=body.get("content") or "",
+        body_type="html" if (body.get("contentType") or "").lower() == "html" else "text",
+        organizer=Attendee(organizer_email, organizer_name, "required", "organizer")
+        if organizer_email
+        else None,
+        attendees=attendees,
+        series_id=item.get("seriesMasterId"),
+        original_start=parse_graph_datetime(original_start)
+        if original_start and event_type in ("occurrence", "exception")
+        else None,
+        event_type=event_type,
+        is_cancelled=bool(item.get("isCancelled")),
+        sensitivity=item.get("sensitivity") or "normal",
+        show_as=item.get("showAs") or "busy",
+        importance=item.get("importance") or "normal",
+        categories=list(item.get("categories") or []),
+        change_key=item.get("changeKey") or "",
+        last_modified=parse_graph_datetime(item["lastModifiedDateTime"])
+        if item.get("lastModifiedDateTime")
+        else None,
+        extra={"web_link": item.get("webLink") or ""},
+    )
+
+
+def _graph_instant(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class GraphConnector(SuiteConnector):
+    """Office 365 via :class:`KiotaRequestAdapterHook` on the integration's connection."""
+
+    def __init__(self, config: IntegrationConfig) -> None:
+        super().__init__(config)
+        self.cloud = CLOUDS[config.type]
+        params = config.office365
+        assert params is not None
+        self.page_size = params.page_size
+        self.timeout = params.request_timeout_s
+        self._hook: Any = None
+
+    def _get_hook(self) -> Any:
+        if self._hook is None:
+            from calsync.connectors.graph_hook import cloud_hook
+
+            self._hook = cloud_hook(self.config.connection_id, self.cloud, self.timeout)
+        return self._hook
+
+    async def _get(self, url: str, query: dict[str, str] | None) -> dict[str, Any]:
+        from airflow.providers.common.compat.sdk import AirflowException, AirflowNotFoundException
+
+        hook = self._get_hook()
+        headers = {
+            "Prefer": f'outlook.timezone="UTC", odata.maxpagesize={self.page_size}, '
+            'IdType="ImmutableId"',
+        }
+        try:
+            response = await hook.run(url=url, query_parameters=query, headers=headers)
+        except AirflowNotFoundException:
+            raise
+        except PermissionError as exc:
+            raise ConnectorError(
+                f"Graph refused the request (401/403): check the app's permissions "
+                f"(Calendars.ReadWrite) on connection {self.config.connection_id!r}: "
+                f"{_error_text(exc)}",
+                status=401,
+            ) from None
+        except AirflowException as exc:
+            raise ConnectorError(f"Graph request failed: {_error_text(exc)}") from None
+        except OSError as exc:
+            raise ConnectorError(f"Graph unreachable: {type(exc).__name__}: {exc}") from None
+        if not isinstance(response, dict):
+            raise ConnectorError(f"Graph answered a non-JSON body ({type(response).__name__})")
+        return response
+
+    async def list_events(self, mailbox: str, window: Window) -> list[SuiteEvent]:
+        from airflow.providers.common.compat.sdk import AirflowNotFoundException
+
+        lo, hi = window.bounds_utc()
+        url: str | None = f"users/{quote(mailbox)}/calendarView"
+        query: dict[str, str] | None = {
+            "startDateTime": _graph_instant(lo),
+            "endDateTime": _graph_instant(hi),
+            "$select": SELECT,
+            "$top": str(self.page_size),
+        }
+        events: dict[str, SuiteEvent] = {}
+        problems: list[tuple[dict[str, Any], str]] = []
+        seen_links: set[str] = set()
+        try:
+            while url:
+                page = await self._get(url, query)
+                for item in page.get("value") or []:
+                    try:
+                        event = normalize_event(item, window.timezone)
+                    except ValueError as exc:
+                        problems.append((item, str(exc)))
+                        continue
+                    events[event.suite_id] = event  # a duplicate across pages counts once
+                next_link = page.get("@odata.nextLink")
+                if next_link in seen_links:
+                    raise ConnectorError(f"Graph paging loops on {mailbox}: nextLink repeated")
+                if next_link:
+                    seen_links.add(next_link)
+                url, query = next_link, None
+        except AirflowNotFoundException:
+            raise MailboxNotFound(mailbox) from None
+        result = list(events.values())
+        for item, reason in problems:
+            result.append(_unreadable(item, reason))
+        return result
+
+    async def aclose(self) -> None:
+        if self._hook is not None:
+            await self._hook.close()
+            self._hook = None
+
+
+def _unreadable(item: dict[str, Any], reason: str) -> SuiteEvent:
+    """A placeholder the engine logs as failed: one bad event never sinks the mailbox."""
+    event = SuiteEvent(
+        suite_id=str(item.get("id") or "?"),
+        ical_uid=str(item.get("iCalUId") or item.get("id") or "?"),
+        subject=str(item.get("subject") or "")[:200],
+        start=None,
+        end=None,
+    )
+    event.extra["unreadable"] = reason
+    return event
+
+
+def _error_text(exc: BaseException) -> str:
+    """The suite's error code and message, never request headers (no tokens in logs)."""
+    arg = exc.args[0] if exc.args else exc
+    if isinstance(arg, dict):
+        err = arg.get("error") if isinstance(arg.get("error"), dict) else arg
+        code = err.get("code") or err.get("error") or ""
+        message = err.get("message") or err.get("error_description") or ""
+        return f"{code}: {message}".strip(": ")[:500]
+    return str(arg)[:500]

@@ -1,0 +1,35 @@
+"""The Azure provider's msgraph hook, with the cloud's login host and scope as defaults.
+
+The provider reads the login authority only from the connection's extras; an ``office365_cn``
+integration whose connection leaves it out would otherwise log in at the global cloud.
+Kept apart from ``graph.py`` so importing the connector does not import the provider.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from airflow.providers.microsoft.azure.hooks.msgraph import KiotaRequestAdapterHook
+
+from calsync.connectors.graph import Cloud
+
+
+class CloudGraphHook(KiotaRequestAdapterHook):
+    cloud: Cloud
+
+    def _build_request_adapter(self, connection: Any, config: dict[str, Any]) -> Any:
+        merged = {"authority": self.cloud.login_host, **config}
+        merged.setdefault("scopes", self.cloud.scope)
+        return super()._build_request_adapter(connection, merged)
+
+
+def cloud_hook(conn_id: str, cloud: Cloud, timeout: float) -> CloudGraphHook:
+    hook = CloudGraphHook(
+        conn_id=conn_id, timeout=timeout, host=cloud.graph_host, scopes=[cloud.scope]
+    )
+    hook.cloud = cloud
+    # The hook logs every request URL at INFO: thousands of lines per run, mailbox addresses
+    # included. Keep its warnings and errors; calsync's own per-mailbox records say enough.
+    hook.log.setLevel(logging.WARNING)
+    return hook

@@ -1,0 +1,507 @@
+"""OA store queries for forward sync: scope, rooms, link state, and applying a mailbox plan.
+
+Everything goes through SQLAlchemy Core with bound parameters. A mailbox's plan is applied
+in one transaction together with its sync-log rows: either the whole mailbox lands, or
+nothing of it does (and a single ``failed`` record says why).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from calsync.config import Binding, Scope
+from calsync.model import OAUser, ScheduleData
+from calsync.oa import schema as t
+from calsync.sync.plan import (
+    Create,
+    Drop,
+    Fail,
+    LinkRow,
+    LinkTo,
+    MailboxPlan,
+    MeetingRow,
+    Prepared,
+    Skip,
+    Update,
+)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def _naive(value: dt.datetime | None) -> dt.datetime | None:
+    return value.astimezone(dt.UTC).replace(tzinfo=None) if value is not None else None
+
+
+# --- users and rooms -------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ScopeResult:
+    users: list[OAUser] = field(default_factory=list)
+    # (user id, display name, reason) for users in scope that cannot take part (F22)
+    skipped: list[tuple[int, str, str]] = field(default_factory=list)
+
+    @property
+    def by_mailbox(self) -> dict[str, OAUser]:
+        return {u.mailbox: u for u in self.users}
+
+
+def _condition_holds(row: dict[str, Any], cond: Any) -> bool:
+    value = row.get(cond.attribute)
+    target = cond.value
+    text = "" if value is None else str(value)
+    if cond.op == "eq":
+        return text == str(target) if not isinstance(target, bool) else bool(value) is target
+    if cond.op == "ne":
+        return text != str(target) if not isinstance(target, bool) else bool(value) is not target
+    if cond.op in ("in", "not_in"):
+        inside = text in {str(v) for v in target}
+        return inside if cond.op == "in" else not inside
+    if cond.op == "contains":
+        return str(target) in text
+    if cond.op == "startswith":
+        return text.startswith(str(target))
+    raise ValueError(f"unknown op {cond.op!r}")
+
+
+def resolve_scope(
+    conn: sa.Connection, scope: Scope, binding: Binding, only_logins: Iterable[str] | None = None
+) -> ScopeResult:
+    """The active OA users in scope (F7) with their mailbox from the binding field (F4)."""
+    departments = conn.execute(
+        sa.select(t.departments.c.id, t.departments.c.name, t.departments.c.parent_id)
+    ).all()
+    wanted_depts: set[int] = set()
+    if scope.departments:
+        names = {str(d) for d in scope.departments}
+        wanted_depts = {d.id for d in departments if d.name in names or str(d.id) in names}
+        if scope.include_subdepartments:
+            children: dict[int, list[int]] = {}
+            for d in departments:
+                if d.parent_id is not None:
+                    children.setdefault(d.parent_id, []).append(d.id)
+            stack = list(wanted_depts)
+            while stack:
+                for child in children.get(stack.pop(), []):
+                    if child not in wanted_depts:
+                        wanted_depts.add(child)
+                        stack.append(child)
+    explicit = {u.lower() for u in scope.users}
+    excluded = {u.lower() for u in scope.exclude_users}
+    only = {u.lower() for u in only_logins} if only_logins is not None else None
+    result = ScopeResult()
+    seen_mailboxes: dict[str, str] = {}
+    rows = conn.execute(sa.select(t.users).order_by(t.users.c.id)).mappings().all()
+    for row in rows:
+        login = (row["login_name"] or "").lower()
+        if not row["active"] or login in excluded:
+            continue
+        selected = row["department_id"] in wanted_depts or login in explicit
+        if (scope.departments or scope.users) and not selected:
+            continue
+        if not all(_condition_holds(dict(row), c) for c in scope.conditions):
+            continue
+        if only is not None and login not in only and (row["email"] or "").lower() not in only:
+            continue
+        mailbox = binding.mailbox_for(row[binding.field])
+        if mailbox is None:
+            result.skipped.append(
+                (row["id"], row["display_name"], f"no mailbox in HR field {binding.field!r}")
+            )
+            continue
+        if mailbox in seen_mailboxes:
+            result.skipped.append(
+                (
+                    row["id"],
+                    row["display_name"],
+                    f"mailbox {mailbox} is also bound to user {seen_mailboxes[mailbox]!r}",
+                )
+            )
+            continue
+        seen_mailboxes[mailbox] = row["login_name"]
+        result.users.append(
+            OAUser(row["id"], mailbox, row["display_name"], row["department_id"], login)
+        )
+    return result
+
+
+def load_rooms(conn: sa.Connection) -> tuple[dict[str, int], dict[int, str], list[str]]:
+    """Room mailbox → room id, room id → name, and problems (a mailbox mapped twice)."""
+    names = {r.id: r.name for r in conn.execute(sa.select(t.rooms.c.id, t.rooms.c.name))}
+    by_mailbox: dict[str, int] = {}
+    problems: list[str] = []
+    for row in conn.execute(sa.select(t.room_mappings).order_by(t.room_mappings.c.id)):
+        mailbox = row.suite_mailbox.strip().lower()
+        if mailbox in by_mailbox and by_mailbox[mailbox] != row.room_id:
+            problems.append(
+                f"room mailbox {mailbox} is mapped to rooms {by_mailbox[mailbox]} and "
+                f"{row.room_id}; the first mapping is used"
+            )
+            continue
+        by_mailbox[mailbox] = row.room_id
+    return by_mailbox, names, problems
+
+
+# --- link state --------------------------------------------------------------------------
+
+
+def load_mailbox_state(
+    conn: sa.Connection, integration_id: str, mailbox: str, identity_keys: Iterable[str]
+) -> tuple[list[LinkRow], dict[str, MeetingRow]]:
+    links = [
+        LinkRow(
+            id=r.id,
+            mailbox=r.mailbox,
+            suite_id=r.suite_id,
+            identity_key=r.identity_key,
+            schedule_id=r.schedule_id,
+            change_key=r.change_key,
+            content_hash=r.content_hash,
+            event_start_utc=r.event_start_utc,
+            event_end_utc=r.event_end_utc,
+            event_start_date=r.event_start_date,
+            event_end_date=r.event_end_date,
+        )
+        for r in conn.execute(
+            sa.select(t.links).where(
+                t.links.c.integration_id == integration_id, t.links.c.mailbox == mailbox
+            )
+        )
+    ]
+    keys = set(identity_keys) | {link.identity_key for link in links}
+    meetings: dict[str, MeetingRow] = {}
+    key_list = sorted(keys)
+    for i in range(0, len(key_list), 500):
+        chunk = key_list[i : i + 500]
+        for r in conn.execute(
+            sa.select(t.meetings).where(
+                t.meetings.c.integration_id == integration_id,
+                t.meetings.c.identity_key.in_(chunk),
+            )
+        ):
+            meetings[r.identity_key] = MeetingRow(
+                r.id, r.identity_key, r.schedule_id, r.owner_mailbox, r.content_hash
+            )
+    return links, meetings
+
+
+# --- applying a plan -------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RunInfo:
+    integration_id: str
+    dag_id: str | None = None
+    run_id: str | None = None
+
+
+@dataclass(slots=True)
+class MailboxOutcome:
+    mailbox: str
+    user_id: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, action: str, n: int = 1) -> None:
+        self.counts[action] = self.counts.get(action, 0) + n
+
+
+def _schedule_values(data: ScheduleData) -> dict[str, Any]:
+    return {
+        "title": data.title[:500],
+        "start_utc": _naive(data.start),
+        "end_utc": _naive(data.end),
+        "all_day": data.all_day,
+        "start_date": data.start_date,
+        "end_date": data.end_date,
+        "timezone": data.timezone,
+        "location": data.location[:500],
+        "room_id": data.room_id,
+        "details": data.details,
+        "color": data.color,
+        "creator_id": data.creator_id,
+    }
+
+
+def _write_participants(conn: sa.Connection, schedule_id: int, data: ScheduleData) -> None:
+    conn.execute(sa.delete(t.participants).where(t.participants.c.schedule_id == schedule_id))
+    rows = [
+        {
+            "schedule_id": schedule_id,
+            "kind": p.kind,
+            "user_id": p.user_id,
+            "room_id": p.room_id,
+            "email": p.email[:320],
+            "name": p.name[:200],
+            "response": p.response[:32],
+        }
+        for p in data.participants
+    ]
+    if rows:
+        conn.execute(sa.insert(t.participants), rows)
+
+
+def _link_values(item: Prepared) -> dict[str, Any]:
+    event = item.event
+    return {
+        "suite_id": event.suite_id,
+        "ical_uid": event.ical_uid[:400],
+        "identity_key": event.identity_key[:400],
+        "change_key": event.change_key[:200],
+        "content_hash": item.hash,
+        "event_start_utc": _naive(event.start),
+        "event_end_utc": _naive(event.end),
+        "event_start_date": event.start_date,
+        "event_end_date": event.end_date,
+    }
+
+
+def apply_plan(
+    conn: sa.Connection,
+    plan: MailboxPlan,
+    user: OAUser,
+    run: RunInfo,
+) -> tuple[MailboxOutcome, list[dict[str, Any]]]:
+    """Apply a plan inside the caller's transaction; returns counts and sync-log rows."""
+    now = utcnow()
+    outcome = MailboxOutcome(plan.mailbox, user.id)
+    outcome.add("unchanged", plan.unchanged)
+    logs: list[dict[str, Any]] = []
+
+    def log(
+        action: str,
+        item: Prepared | None,
+        schedule_id: int | None,
+        message: str = "",
+        suite_id: str | None = None,
+        title: str | None = None,
+    ) -> None:
+        outcome.add(action)
+        logs.append(
+            {
+                "logged_at": now,
+                "integration_id": run.integration_id,
+                "run_id": run.run_id,
+                "dag_id": run.dag_id,
+                "direction": "forward",
+                "action": action,
+                "user_id": user.id,
+                "mailbox": plan.mailbox,
+                "schedule_id": schedule_id,
+                "suite_id": (item.event.suite_id if item else suite_id),
+                "title": (title if title is not None else (item.event.subject if item else None)),
+                "message": message[:4000],
+            }
+        )
+
+    for action in plan.actions:
+        if isinstance(action, Create):
+            item, data = action.item, action.item.data
+            assert data is not None
+            schedule_id = conn.execute(
+                sa.insert(t.schedules).values(
+                    **_schedule_values(data),
+                    source_integration=run.integration_id,
+                    created_at=now,
+                    updated_at=now,
+                )
+            ).inserted_primary_key[0]
+            _write_participants(conn, schedule_id, data)
+            conn.execute(
+                sa.insert(t.meetings).values(
+                    integration_id=run.integration_id,
+                    identity_key=item.event.identity_key[:400],
+                    schedule_id=schedule_id,
+                    owner_mailbox=item.owner_mailbox or plan.mailbox,
+                    content_hash=item.hash,
+                )
+            )
+            conn.execute(
+                sa.insert(t.links).values(
+                    integration_id=run.integration_id,
+                    mailbox=plan.mailbox,
+                    schedule_id=schedule_id,
+                    created_at=now,
+                    updated_at=now,
+                    **_link_values(item),
+                )
+            )
+            log("created", item, schedule_id, title=data.title)
+        elif isinstance(action, LinkTo):
+            item, meeting = action.item, action.meeting
+            conn.execute(
+                sa.insert(t.links).values(
+                    integration_id=run.integration_id,
+                    mailbox=plan.mailbox,
+                    schedule_id=meeting.schedule_id,
+                    created_at=now,
+                    updated_at=now,
+                    **_link_values(item),
+                )
+            )
+            if action.write_schedule:
+                _update_schedule(
+                    conn,
+                    meeting.id,
+                    meeting.schedule_id,
+                    item,
+                    now,
+                    plan.mailbox,
+                    action.take_ownership,
+                )
+                log("updated", item, meeting.schedule_id, "linked another copy of the meeting")
+            else:
+                log("linked", item, meeting.schedule_id, "copy of a meeting already in the OA")
+        elif isinstance(action, Update):
+            item, link = action.item, action.link
+            conn.execute(
+                sa.update(t.links)
+                .where(t.links.c.id == link.id)
+                .values(updated_at=now, **_link_values(item))
+            )
+            if action.write_schedule:
+                if action.meeting is None:
+                    conn.execute(
+                        sa.insert(t.meetings).values(
+                            integration_id=run.integration_id,
+                            identity_key=link.identity_key,
+                            schedule_id=link.schedule_id,
+                            owner_mailbox=plan.mailbox,
+                            content_hash=item.hash,
+                        )
+                    )
+                    _update_schedule(conn, None, link.schedule_id, item, now, plan.mailbox, False)
+                else:
+                    _update_schedule(
+                        conn,
+                        action.meeting.id,
+                        link.schedule_id,
+                        item,
+                        now,
+                        plan.mailbox,
+                        action.take_ownership,
+                    )
+                note = "re-linked: the suite gave the item a new id" if action.relinked else ""
+                log("updated", item, link.schedule_id, note)
+            elif action.relinked:
+                log("relinked", item, link.schedule_id, "the suite gave the item a new id")
+            else:
+                outcome.add("unchanged")
+        elif isinstance(action, Drop):
+            _drop(conn, action, run, log)
+        elif isinstance(action, Skip):
+            log("skipped", action.item, None, action.item.skip or "")
+        elif isinstance(action, Fail):
+            log("failed", action.item, None, action.item.error or "")
+    return outcome, logs
+
+
+def _update_schedule(
+    conn: sa.Connection,
+    meeting_id: int | None,
+    schedule_id: int,
+    item: Prepared,
+    now: dt.datetime,
+    mailbox: str,
+    take_ownership: bool,
+) -> None:
+    data = item.data
+    assert data is not None
+    conn.execute(
+        sa.update(t.schedules)
+        .where(t.schedules.c.id == schedule_id)
+        .values(**_schedule_values(data), updated_at=now)
+    )
+    _write_participants(conn, schedule_id, data)
+    if meeting_id is not None:
+        values: dict[str, Any] = {"content_hash": item.hash}
+        if take_ownership:
+            values["owner_mailbox"] = mailbox
+        conn.execute(sa.update(t.meetings).where(t.meetings.c.id == meeting_id).values(**values))
+
+
+def _drop(conn: sa.Connection, action: Drop, run: RunInfo, log: Any) -> None:
+    link = action.link
+    conn.execute(sa.delete(t.links).where(t.links.c.id == link.id))
+    remaining = conn.execute(
+        sa.select(sa.func.count())
+        .select_from(t.links)
+        .where(
+            t.links.c.integration_id == run.integration_id,
+            t.links.c.schedule_id == link.schedule_id,
+        )
+    ).scalar_one()
+    schedule = conn.execute(
+        sa.select(t.schedules.c.title, t.schedules.c.source_integration).where(
+            t.schedules.c.id == link.schedule_id
+        )
+    ).first()
+    title = schedule.title if schedule else None
+    if remaining:
+        log(
+            "unlinked",
+            None,
+            link.schedule_id,
+            f"{action.reason}; other mailboxes still hold the meeting",
+            suite_id=link.suite_id,
+            title=title,
+        )
+        return
+    conn.execute(
+        sa.delete(t.meetings).where(
+            t.meetings.c.integration_id == run.integration_id,
+            t.meetings.c.schedule_id == link.schedule_id,
+        )
+    )
+    if schedule is not None and schedule.source_integration == run.integration_id:
+        conn.execute(
+            sa.delete(t.participants).where(t.participants.c.schedule_id == link.schedule_id)
+        )
+        conn.execute(sa.delete(t.schedules).where(t.schedules.c.id == link.schedule_id))
+        log("deleted", None, link.schedule_id, action.reason, suite_id=link.suite_id, title=title)
+    else:
+        # E17: a schedule this integration did not create is only unlinked, never deleted.
+        log(
+            "unlinked",
+            None,
+            link.schedule_id,
+            f"{action.reason}; schedule not created by this integration, kept",
+            suite_id=link.suite_id,
+            title=title,
+        )
+
+
+def write_logs(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(sa.insert(t.sync_log), rows)
+
+
+def log_row(
+    run: RunInfo,
+    action: str,
+    message: str,
+    *,
+    user_id: int | None = None,
+    mailbox: str | None = None,
+    direction: str = "forward",
+) -> dict[str, Any]:
+    return {
+        "logged_at": utcnow(),
+        "integration_id": run.integration_id,
+        "run_id": run.run_id,
+        "dag_id": run.dag_id,
+        "direction": direction,
+        "action": action,
+        "user_id": user_id,
+        "mailbox": mailbox,
+        "schedule_id": None,
+        "suite_id": None,
+        "title": None,
+        "message": message[:4000],
+    }

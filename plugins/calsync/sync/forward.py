@@ -1,0 +1,167 @@
+"""Forward sync (suite → OA) for a batch of users: fetch → filter + map → plan → apply.
+
+Mailboxes are read concurrently (``execution.concurrency``) while the OA writes are applied
+one mailbox at a time, each in its own transaction with its sync-log rows. One user's failure
+(unknown mailbox, suite error, a bad record) never stops the others: it is logged and
+reported, and the caller decides whether the task fails (so Airflow retries just it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from calsync.config import IntegrationConfig
+from calsync.connectors.base import SuiteConnector
+from calsync.errors import ConnectorError, MailboxNotFound
+from calsync.model import OAUser, SuiteEvent, Window
+from calsync.oa import store
+from calsync.sync.plan import plan_mailbox
+from calsync.sync.prepare import PrepareContext, prepare_event
+
+log = logging.getLogger(__name__)
+APPLY_ATTEMPTS = 3  # a concurrent task may create the same meeting first: re-plan and retry
+
+
+@dataclass(slots=True)
+class UserResult:
+    mailbox: str
+    user_id: int
+    name: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+    retriable: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "mailbox": self.mailbox,
+            "user_id": self.user_id,
+            "name": self.name,
+            "counts": self.counts,
+            "error": self.error,
+            "retriable": self.retriable,
+        }
+
+
+def build_context(
+    conn: sa.Connection, config: IntegrationConfig, library: Any
+) -> tuple[PrepareContext, list[str]]:
+    """The per-task mapping context: scope index, rooms, mapping and filters."""
+    scope = store.resolve_scope(conn, config.scope, config.binding)
+    rooms, room_names, problems = store.load_rooms(conn)
+    variables = {"color": config.color, **config.variables}
+    ctx = PrepareContext(
+        integration_id=config.id,
+        timezone=config.timezone,
+        color=config.color,
+        mapping=library.mapping(config.mapping_name),
+        filters=library.filters(list(config.filters), direction="forward", variables=variables),
+        users_by_mailbox=scope.by_mailbox,
+        rooms_by_mailbox=rooms,
+        room_names=room_names,
+        variables=variables,
+    )
+    return ctx, problems
+
+
+def apply_mailbox(
+    engine: sa.Engine,
+    config: IntegrationConfig,
+    ctx: PrepareContext,
+    user: OAUser,
+    events: list[SuiteEvent],
+    window: Window,
+    run: store.RunInfo,
+) -> dict[str, int]:
+    """Plan and apply one mailbox in one transaction; returns the action counts."""
+    prepared = [prepare_event(event, user, ctx) for event in events]
+    keys = [p.event.identity_key for p in prepared if p.data is not None]
+    in_scope = frozenset(ctx.users_by_mailbox)
+    for attempt in range(1, APPLY_ATTEMPTS + 1):
+        try:
+            with engine.begin() as conn:
+                links, meetings = store.load_mailbox_state(conn, config.id, user.mailbox, keys)
+                plan = plan_mailbox(user.mailbox, prepared, links, meetings, window, in_scope)
+                outcome, logs = store.apply_plan(conn, plan, user, run)
+                store.write_logs(conn, logs)
+            return outcome.counts
+        except sa.exc.IntegrityError:
+            if attempt == APPLY_ATTEMPTS:
+                raise
+            log.info(
+                "mailbox %s: a concurrent task linked a meeting first; re-planning", user.mailbox
+            )
+    raise AssertionError("unreachable")
+
+
+async def sync_users(
+    engine: sa.Engine,
+    config: IntegrationConfig,
+    library: Any,
+    connector: SuiteConnector,
+    users: list[OAUser],
+    window: Window,
+    run: store.RunInfo,
+) -> list[UserResult]:
+    """Forward-sync ``users`` for ``window``; returns one result per user, in order."""
+    with engine.connect() as conn:
+        ctx, room_problems = build_context(conn, config, library)
+    if room_problems:
+        with engine.begin() as conn:
+            store.write_logs(conn, [store.log_row(run, "failed", p) for p in room_problems])
+    results = {u.mailbox: UserResult(u.mailbox, u.id, u.name) for u in users}
+    semaphore = asyncio.Semaphore(config.execution.concurrency)
+    # One writer thread: mailboxes are applied one after another while reads go on.
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="calsync-oa")
+    loop = asyncio.get_running_loop()
+
+    async def one(user: OAUser) -> None:
+        result = results[user.mailbox]
+        try:
+            async with semaphore:
+                events = await connector.list_events(user.mailbox, window)
+        except MailboxNotFound as exc:
+            result.error, result.retriable = str(exc), False
+        except ConnectorError as exc:
+            result.error, result.retriable = str(exc), exc.retriable
+        except Exception as exc:  # one user's surprise never stops the others
+            log.exception("mailbox %s: unexpected error while reading", user.mailbox)
+            result.error = f"{type(exc).__name__}: {exc}"
+        if result.error is None:
+            try:
+                result.counts = await loop.run_in_executor(
+                    writer, apply_mailbox, engine, config, ctx, user, events, window, run
+                )
+                return
+            except sa.exc.SQLAlchemyError as exc:
+                first_line = str(exc).splitlines()[0][:300] if str(exc) else ""
+                result.error = f"OA write failed: {type(exc).__name__}: {first_line}"
+                log.warning("mailbox %s: OA write failed: %s", user.mailbox, exc)
+        await loop.run_in_executor(writer, _log_failure, engine, run, user, result.error)
+        result.counts = {"failed": 1}
+
+    try:
+        await asyncio.gather(*(one(u) for u in users))
+    finally:
+        writer.shutdown(wait=True)
+    return [results[u.mailbox] for u in users]
+
+
+def _log_failure(engine: sa.Engine, run: store.RunInfo, user: OAUser, message: str | None) -> None:
+    try:
+        with engine.begin() as conn:
+            store.write_logs(
+                conn,
+                [
+                    store.log_row(
+                        run, "failed", message or "", user_id=user.id, mailbox=user.mailbox
+                    )
+                ],
+            )
+    except sa.exc.SQLAlchemyError:
+        log.exception("could not write the failure record of %s", user.mailbox)

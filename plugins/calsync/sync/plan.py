@@ -1,0 +1,225 @@
+"""The forward planner: a pure function from (suite events, links, meetings) to actions.
+
+Deciding is separate from doing (like vdirsyncer's sync core): :func:`plan_mailbox` reads
+plain data and returns small action objects; :mod:`calsync.oa.store` applies them in one
+transaction per mailbox. Rules:
+
+- an event already linked (by suite id, or by meeting identity when the suite gave the item a
+  new id, E11) is updated only when its mapped content hash changed, and only from the copy of
+  the mailbox that owns the meeting (one meeting = one OA schedule; no ping-pong between the
+  organiser's and the attendees' copies);
+- an event whose meeting another mailbox already linked gets a link, not a second schedule;
+- a new meeting creates one schedule;
+- a link whose event is gone from the window (deleted, moved out, or now filtered out) is
+  dropped; the store deletes the schedule only when no link is left and this integration
+  created it (E2, E17). Links outside the window read are never touched;
+- an event that could not be read or mapped fails alone; its link (if any) is kept.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from calsync.model import ScheduleData, SuiteEvent, Window
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRow:
+    id: int
+    mailbox: str
+    suite_id: str
+    identity_key: str
+    schedule_id: int
+    change_key: str = ""
+    content_hash: str = ""
+    event_start_utc: dt.datetime | None = None
+    event_end_utc: dt.datetime | None = None
+    event_start_date: dt.date | None = None
+    event_end_date: dt.date | None = None
+
+    def in_window(self, window: Window) -> bool:
+        if self.event_start_date is not None:
+            return window.overlaps(None, None, self.event_start_date, self.event_end_date)
+        if self.event_start_utc is None:
+            return False  # extent unknown: never delete on a guess
+        # the OA stores naive UTC
+        start = self.event_start_utc.replace(tzinfo=dt.UTC)
+        end = self.event_end_utc.replace(tzinfo=dt.UTC) if self.event_end_utc else start
+        return window.overlaps(start, end)
+
+
+@dataclass(frozen=True, slots=True)
+class MeetingRow:
+    id: int
+    identity_key: str
+    schedule_id: int
+    owner_mailbox: str
+    content_hash: str
+
+
+@dataclass(slots=True)
+class Prepared:
+    """An event after filtering and mapping: ``data`` is set unless skipped or failed."""
+
+    event: SuiteEvent
+    data: ScheduleData | None = None
+    skip: str | None = None
+    error: str | None = None
+    owner_mailbox: str = ""
+
+    @property
+    def hash(self) -> str:
+        return self.data.content_hash() if self.data else ""
+
+
+@dataclass(slots=True)
+class Create:
+    item: Prepared
+
+
+@dataclass(slots=True)
+class LinkTo:
+    """Link this mailbox's copy to a meeting another mailbox already brought in."""
+
+    item: Prepared
+    meeting: MeetingRow
+    write_schedule: bool
+    take_ownership: bool
+
+
+@dataclass(slots=True)
+class Update:
+    item: Prepared
+    link: LinkRow
+    meeting: MeetingRow | None
+    write_schedule: bool
+    take_ownership: bool = False
+
+    @property
+    def relinked(self) -> bool:
+        return self.link.suite_id != self.item.event.suite_id
+
+
+@dataclass(slots=True)
+class Drop:
+    link: LinkRow
+    reason: str
+
+
+@dataclass(slots=True)
+class Skip:
+    item: Prepared
+
+
+@dataclass(slots=True)
+class Fail:
+    item: Prepared
+
+
+Action = Create | LinkTo | Update | Drop | Skip | Fail
+
+
+@dataclass(slots=True)
+class MailboxPlan:
+    mailbox: str
+    actions: list[Action] = field(default_factory=list)
+    unchanged: int = 0
+
+    def of(self, kind: type) -> list:
+        return [a for a in self.actions if isinstance(a, kind)]
+
+
+def _extent_differs(link: LinkRow, event: SuiteEvent) -> bool:
+    def naive(value: dt.datetime | None) -> dt.datetime | None:
+        return value.astimezone(dt.UTC).replace(tzinfo=None) if value else None
+
+    def strip(value: dt.datetime | None) -> dt.datetime | None:
+        return value.replace(tzinfo=None) if value else None
+
+    return (
+        strip(link.event_start_utc) != naive(event.start)
+        or strip(link.event_end_utc) != naive(event.end)
+        or link.event_start_date != event.start_date
+        or link.event_end_date != event.end_date
+    )
+
+
+def plan_mailbox(
+    mailbox: str,
+    items: list[Prepared],
+    links: list[LinkRow],
+    meetings: dict[str, MeetingRow],
+    window: Window,
+    in_scope_mailboxes: frozenset[str] | set[str],
+) -> MailboxPlan:
+    """Plan one mailbox's run. ``meetings`` maps identity keys to meetings of this
+    integration (for every identity among ``items`` and ``links``)."""
+    plan = MailboxPlan(mailbox)
+    by_suite = {link.suite_id: link for link in links}
+    by_identity: dict[str, LinkRow] = {}
+    for link in links:
+        by_identity.setdefault(link.identity_key, link)
+    kept: set[int] = set()
+    planned: set[str] = set()
+    dropped_because: dict[int, str] = {}
+
+    def owns(meeting: MeetingRow | None) -> tuple[bool, bool]:
+        """(may write content, takes ownership over an owner no longer in scope)."""
+        if meeting is None or meeting.owner_mailbox == mailbox:
+            return True, False
+        if meeting.owner_mailbox not in in_scope_mailboxes:
+            return True, True
+        return False, False
+
+    for item in items:
+        event = item.event
+        if item.error is not None:
+            plan.actions.append(Fail(item))
+            if event.suite_id in by_suite:
+                kept.add(by_suite[event.suite_id].id)
+            continue
+        if item.skip is not None:
+            plan.actions.append(Skip(item))
+            if event.suite_id in by_suite:
+                dropped_because[by_suite[event.suite_id].id] = f"now filtered out: {item.skip}"
+            continue
+        identity = event.identity_key
+        if identity in planned:
+            item.skip = "the same meeting appears twice in this mailbox; linked once"
+            plan.actions.append(Skip(item))
+            continue
+        planned.add(identity)
+        link = by_suite.get(event.suite_id) or by_identity.get(identity)
+        if link is not None and link.id in kept:
+            link = None
+        if link is not None:
+            kept.add(link.id)
+            meeting = meetings.get(link.identity_key)
+            may_write, take = owns(meeting)
+            content_changed = may_write and (meeting is None or meeting.content_hash != item.hash)
+            bookkeeping = (
+                link.suite_id != event.suite_id
+                or link.change_key != event.change_key
+                or link.content_hash != item.hash
+                or _extent_differs(link, event)
+            )
+            if content_changed or bookkeeping:
+                plan.actions.append(Update(item, link, meeting, content_changed, take))
+            else:
+                plan.unchanged += 1
+            continue
+        meeting = meetings.get(identity)
+        if meeting is not None:
+            may_write, take = owns(meeting)
+            plan.actions.append(
+                LinkTo(item, meeting, may_write and meeting.content_hash != item.hash, take)
+            )
+            continue
+        plan.actions.append(Create(item))
+
+    for link in links:
+        if link.id not in kept and link.in_window(window):
+            reason = dropped_because.get(link.id, "no longer in the mailbox's calendar")
+            plan.actions.append(Drop(link, reason))
+    return plan
