@@ -27,7 +27,9 @@ standalone: venv
 test: venv
 	$(BIN)/python scripts/services.py ensure
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure"; exit 1; fi; \
+	  exit $$rc
 
 lint: venv
 	$(BIN)/ruff check .
