@@ -25,7 +25,7 @@ SQLITE_BUSY_TIMEOUT_S = 30
 # SQLite transaction that must not wait for the write lock (default is IMMEDIATE).
 SQLITE_BEGIN_OPTION = "calsync_sqlite_begin"
 
-_DEFAULT_DRIVERS = {"postgresql": "psycopg", "mysql": "pymysql", "mariadb": "pymysql"}
+_DEFAULT_DRIVERS = {"postgresql": "psycopg", "mysql": "pymysql"}
 _SECRET_QUERY_KEY = re.compile(r"pass|secret|token", re.IGNORECASE)
 
 
@@ -44,18 +44,21 @@ def redacted(url: str | URL) -> str:
         parsed = make_url(url) if isinstance(url, str) else url
     except Exception:  # unparseable: echoing it could leak a secret
         return "<invalid database URL>"
-    masked = {k: "***" if _SECRET_QUERY_KEY.search(k) else v for k, v in parsed.query.items()}
-    return parsed.set(query=masked).render_as_string(hide_password=True)
+    mark = "CALSYNC_REDACTED"  # a placeholder that survives URL quoting
+    masked = {k: mark if _SECRET_QUERY_KEY.search(k) else v for k, v in parsed.query.items()}
+    shown = parsed.set(query=masked).render_as_string(hide_password=True)
+    return shown.replace(mark, "***")
 
 
 def _normalize(url: URL) -> URL:
-    """Pick calsync's driver when the URL names none; ``postgres://`` → ``postgresql``."""
-    backend = url.get_backend_name()
-    if backend == "postgres":
-        backend = "postgresql"
+    """Pick calsync's driver when the URL names none; ``postgres`` → ``postgresql``; ``mariadb``
+    → ``mysql`` (one dialect name, ``mysql``, for both servers: SQLAlchemy detects MariaDB)."""
+    backend = {"postgres": "postgresql", "mariadb": "mysql"}.get(
+        url.get_backend_name(), url.get_backend_name()
+    )
     driver = url.get_driver_name() if "+" in url.drivername else _DEFAULT_DRIVERS.get(backend)
     url = url.set(drivername=f"{backend}+{driver}" if driver else backend)
-    if backend in ("mysql", "mariadb") and "charset" not in url.query:
+    if backend == "mysql" and "charset" not in url.query:
         url = url.update_query_dict({"charset": "utf8mb4"})
     return url
 
@@ -74,7 +77,7 @@ def _install_error_guard(engine: sa.Engine) -> None:
     @sa.event.listens_for(engine, "do_connect")
     def _connect(dialect: Any, _rec: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
         try:
-            return dialect.loaded_dbapi.connect(*cargs, **cparams)
+            return dialect.connect(*cargs, **cparams)
         except Exception as exc:
             secrets = [str(v) for k, v in cparams.items() if re.search("pass", k) and v]
             if engine.url.password:
@@ -84,11 +87,14 @@ def _install_error_guard(engine: sa.Engine) -> None:
 
     @sa.event.listens_for(engine, "handle_error")
     def _wrap(ctx: Any) -> None:
-        if ctx.connection is None:  # no connection yet: the connect itself failed
-            reason = str(ctx.original_exception).strip().splitlines()
-            password = engine.url.password
-            text = _scrub(" ".join(reason), [str(password)] if password else [])
-            raise OADatabaseUnavailable(shown, text or type(ctx.original_exception).__name__)
+        # no connection yet: the connect itself failed (a failed pre-ping is left to the pool,
+        # which reconnects)
+        if ctx.connection is None and not ctx.is_pre_ping:
+            reason = " ".join(str(ctx.original_exception).split())
+            reason = reason or type(ctx.original_exception).__name__
+            secrets = [str(engine.url.password)] if engine.url.password else []
+            # scrub the URL too: a password may equal another part of it (user, database)
+            raise OADatabaseUnavailable(_scrub(shown, secrets), _scrub(reason, secrets))
 
 
 def _sqlite_setup(engine: sa.Engine) -> None:
@@ -137,12 +143,15 @@ def engine_from_url(url: str | URL, **kwargs: Any) -> sa.Engine:
             options["connect_args"] = {"options": "-c timezone=UTC"}
             if "application_name" not in parsed.query:
                 options["connect_args"]["application_name"] = "calsync"
-    elif backend in ("mysql", "mariadb"):
+    elif backend == "mysql":
         options["isolation_level"] = "READ COMMITTED"  # fewer gap-lock deadlocks, as PostgreSQL
         options["pool_recycle"] = 3600  # below the server's wait_timeout
         if parsed.get_driver_name() == "pymysql":
             options["connect_args"] = {"init_command": "SET time_zone = '+00:00'"}
+    connect_args = {**options.get("connect_args", {}), **kwargs.pop("connect_args", {})}
     options.update(kwargs)
+    if connect_args:
+        options["connect_args"] = connect_args
     engine = sa.create_engine(parsed, **options)
     if backend == "sqlite":
         _sqlite_setup(engine)

@@ -1,0 +1,124 @@
+"""Text helpers for mapped values: HTML to plain text, whitespace tidying, control-character
+removal, length limits and the conversion of formula results to strings."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from html.parser import HTMLParser
+
+from calsync.errors import MappingError
+
+# HTML larger than this is cut before parsing; the result is truncated per field anyway.
+MAX_HTML_INPUT = 4_000_000
+# The largest value a formula may produce (before the per-field truncation).
+MAX_TEXT = 2_000_000
+
+# C0/C1 control characters except tab and newline, plus lone surrogates (which no database
+# driver accepts).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+_LINE_BREAKS = re.compile(r"\r\n?|[\u2028\u2029\x0b\x0c\x85]")
+_SPACES = re.compile(r"[ \t\xa0\u3000]+")
+_ANY_WS = re.compile(r"\s+")
+_MANY_NEWLINES = re.compile(r"\n{3,}")
+
+# Elements whose content is never shown (or is metadata): dropped with everything inside.
+_HIDDEN = frozenset({"script", "style", "head", "title", "template", "noscript", "object"})
+_BLOCK = frozenset(
+    {
+        "address", "article", "aside", "blockquote", "br", "dd", "div", "dl", "dt", "fieldset",
+        "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header",
+        "hr", "li", "main", "nav", "ol", "p", "pre", "section", "table", "tr", "ul",
+    }
+)  # fmt: skip
+_CELL = frozenset({"td", "th"})
+
+
+class _TextExtractor(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.hidden = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _HIDDEN:
+            self.hidden += 1
+        elif tag in _BLOCK:
+            self.parts.append("\n")
+        elif tag in _CELL:
+            self.parts.append(" ")
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _BLOCK:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _HIDDEN:
+            self.hidden = max(0, self.hidden - 1)
+        elif tag in _BLOCK:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self.hidden:
+            # HTML collapses source whitespace (newlines included) to single spaces.
+            self.parts.append(_ANY_WS.sub(" ", data))
+
+
+def strip_control(text: str) -> str:
+    """Remove control characters other than tab and newline (and lone surrogates)."""
+    return _CONTROL.sub("", text)
+
+
+def tidy_text(text: str) -> str:
+    """Normalise line breaks, drop control characters, trim every line, collapse runs of
+    spaces and of blank lines; tabs and non-breaking spaces become plain spaces."""
+    text = strip_control(_LINE_BREAKS.sub("\n", text))
+    lines = (_SPACES.sub(" ", line).strip() for line in text.split("\n"))
+    return _MANY_NEWLINES.sub("\n\n", "\n".join(lines)).strip()
+
+
+def strip_html(html: str) -> str:
+    """HTML to readable plain text: tags removed (the content of script/style/head too),
+    entities decoded, paragraphs and line breaks kept as newlines, whitespace tidied."""
+    parser = _TextExtractor()
+    parser.feed(str(html)[:MAX_HTML_INPUT])
+    parser.close()
+    return tidy_text("".join(parser.parts))
+
+
+def one_line(text: str) -> str:
+    """Any whitespace run (newlines included) becomes one space; control characters go."""
+    return _ANY_WS.sub(" ", strip_control(_LINE_BREAKS.sub("\n", text))).strip()
+
+
+def truncate(text: str, max_chars: int, max_bytes: int | None = None) -> str:
+    """Cut to at most ``max_chars`` characters (and ``max_bytes`` UTF-8 bytes), ending with
+    an ellipsis when something was cut."""
+    if len(text) > max_chars:
+        text = text[: max_chars - 1] + "…"
+    if max_bytes is not None and len(text.encode("utf-8")) > max_bytes:
+        # errors="ignore" drops a character split by the byte cut.
+        cut = text.encode("utf-8")[: max_bytes - 3].decode("utf-8", errors="ignore")
+        text = cut + "…"
+    return text
+
+
+def to_text(value: object, field: str) -> str:
+    """A formula/rule result as a string: None → "", booleans → "true"/"false", dates in ISO
+    form, a list of scalars joined with ", "; anything else is a MappingError."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        pieces = [to_text(item, field) for item in value]
+        if sum(map(len, pieces)) + 2 * len(pieces) > MAX_TEXT:
+            raise MappingError(field, f"the result exceeds {MAX_TEXT} characters")
+        return ", ".join(pieces)
+    raise MappingError(field, f"the result is a {type(value).__name__}, not text")
