@@ -94,9 +94,7 @@ def airflow_env(emulator: dict) -> dict[str, str]:
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
         "CALSYNC_INCLUDE_DIR": str(ROOT / "include"),
-        "AIRFLOW_CONN_CALSYNC_OA": json.dumps(
-            {"conn_type": "sqlite", "host": str(DEMO / "oa.db")}
-        ),
+        "AIRFLOW_CONN_CALSYNC_OA": json.dumps({"conn_type": "sqlite", "host": str(DEMO / "oa.db")}),
         f"AIRFLOW_CONN_{GRAPH_CONN.upper()}": emulator["airflow_conn_json"],
         "SSL_CERT_FILE": str(ca_bundle),
         "REQUESTS_CA_BUNDLE": str(ca_bundle),
@@ -144,7 +142,9 @@ def report(url: str) -> None:
             last = s.end_date - dt.timedelta(days=1)
             when = f"{s.start_date} (all day)" + (f" … {last}" if last > s.start_date else "")
         else:
-            start = s.start_utc.replace(tzinfo=dt.UTC).astimezone(dt.timezone(dt.timedelta(hours=8)))
+            start = s.start_utc.replace(tzinfo=dt.UTC).astimezone(
+                dt.timezone(dt.timedelta(hours=8))
+            )
             end = s.end_utc.replace(tzinfo=dt.UTC).astimezone(dt.timezone(dt.timedelta(hours=8)))
             when = f"{start:%Y-%m-%d %H:%M}–{end:%H:%M} (UTC+8)"
         room = f" @{rooms[s.room_id]}" if s.room_id else ""
@@ -167,7 +167,9 @@ def run(standalone: bool) -> int:
     emulator_proc, emulator = start_emulator(graph_seed(today, demo_people()))
     env = {**os.environ, **airflow_env(emulator)}
     try:
-        subprocess.run([BIN / "airflow", "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [BIN / "airflow", "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL
+        )
         if standalone:
             print(f"Graph emulator on {emulator['base_url']}; OA at {DEMO / 'oa.db'}")
             print("Airflow UI: http://localhost:8080 (admin/admin); Ctrl-C stops everything.")
@@ -176,11 +178,16 @@ def run(standalone: bool) -> int:
         logfile = DEMO / "dags_test.log"
         with open(logfile, "w") as out:
             rc = subprocess.call(
-                [BIN / "airflow", "dags", "test", DAG_ID], env=env, stdout=out, stderr=subprocess.STDOUT
+                [BIN / "airflow", "dags", "test", DAG_ID],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         for line in logfile.read_text(errors="replace").splitlines():
-            if "calsync run summary" in line or line.startswith(("mailbox ", "TOTAL")) or (
-                "@" in line and line[:1].isalnum() and "   " in line
+            if (
+                "calsync run summary" in line
+                or line.startswith(("mailbox ", "TOTAL"))
+                or ("@" in line and line[:1].isalnum() and "   " in line)
             ):
                 print(line)
         report(url)

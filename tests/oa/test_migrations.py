@@ -113,7 +113,7 @@ def _type(t: sa.types.TypeEngine[Any]) -> str:
     """A dialect-neutral name for a column type ("types-ish")."""
     if isinstance(t, sa.Boolean) or getattr(t, "display_width", None) == 1:  # MySQL TINYINT(1)
         return "bool"
-    if isinstance(t, sa.Text):
+    if isinstance(t, sa.Text) or type(t).__name__.endswith("TEXT"):  # MySQL's MEDIUMTEXT too
         return "text"
     if isinstance(t, sa.String):
         return f"str({t.length})"

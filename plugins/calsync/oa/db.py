@@ -97,6 +97,24 @@ def _install_error_guard(engine: sa.Engine) -> None:
             raise OADatabaseUnavailable(_scrub(shown, secrets), _scrub(reason, secrets))
 
 
+def _enable_wal(cur: Any) -> None:
+    """Switch a file database to WAL. The switch needs an exclusive lock and SQLite does not
+    call the busy handler for it, so several processes opening a new file at once retry."""
+    import sqlite3
+    import time
+
+    for attempt in range(100):
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                return
+            cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 99:
+                raise
+            time.sleep(0.05)
+
+
 def _sqlite_setup(engine: sa.Engine) -> None:
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _rec: Any) -> None:
@@ -105,7 +123,7 @@ def _sqlite_setup(engine: sa.Engine) -> None:
         cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_S * 1000}")
         cur.execute("PRAGMA foreign_keys = ON")
         if engine.url.database not in (None, "", ":memory:"):
-            cur.execute("PRAGMA journal_mode = WAL")  # readers never block the writer
+            _enable_wal(cur)  # readers never block the writer
             cur.execute("PRAGMA synchronous = NORMAL")  # durable enough with WAL, much faster
         cur.close()
 

@@ -12,8 +12,13 @@ as dates (end exclusive) so they can never shift by a day.
 from __future__ import annotations
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 
 metadata = sa.MetaData()
+
+# MySQL/MariaDB: DATETIME keeps no fractions and TEXT stops at 64 KB; ask for more there.
+DATETIME_US = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+LONG_TEXT = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 
 # Binding-field candidates (F4): any of these HR-card columns may hold the mailbox address.
 BINDING_FIELDS = ("email", "alt_email", "login_name", "employee_no")
@@ -57,23 +62,24 @@ schedules = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("title", sa.String(500), nullable=False),
-    sa.Column("start_utc", sa.DateTime, nullable=True),
-    sa.Column("end_utc", sa.DateTime, nullable=True),
+    sa.Column("start_utc", DATETIME_US, nullable=True),
+    sa.Column("end_utc", DATETIME_US, nullable=True),
     sa.Column("all_day", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("start_date", sa.Date, nullable=True),
     sa.Column("end_date", sa.Date, nullable=True),  # exclusive, as the suites send it
     sa.Column("timezone", sa.String(64), nullable=False, server_default="UTC"),
     sa.Column("location", sa.String(500), nullable=False, server_default=""),
     sa.Column("room_id", sa.Integer, sa.ForeignKey("oa_meeting_rooms.id"), nullable=True),
-    sa.Column("details", sa.Text, nullable=False, server_default=""),
+    sa.Column("details", LONG_TEXT, nullable=False, server_default=""),
     sa.Column("color", sa.String(16), nullable=False, server_default=""),
     sa.Column("creator_id", sa.Integer, sa.ForeignKey("oa_users.id"), nullable=False),
     # Which integration created the schedule (forward sync), NULL when made in the OA: only
     # schedules an integration created may ever be deleted by its forward sync (E17).
-    sa.Column("source_integration", sa.String(100), nullable=True),
-    sa.Column("created_at", sa.DateTime, nullable=False),
-    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("source_integration", sa.String(64), nullable=True),
+    sa.Column("created_at", DATETIME_US, nullable=False),
+    sa.Column("updated_at", DATETIME_US, nullable=False),
     sa.Index("ix_oa_schedules_creator_start", "creator_id", "start_utc"),
+    sqlite_autoincrement=True,  # never reuse a deleted schedule's id (links, outbox)
 )
 
 participants = sa.Table(
@@ -109,7 +115,7 @@ meetings = sa.Table(
     "calsync_meetings",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("integration_id", sa.String(100), nullable=False),
+    sa.Column("integration_id", sa.String(64), nullable=False),
     sa.Column("identity_key", sa.String(400), nullable=False),
     sa.Column(
         "schedule_id",
@@ -128,8 +134,8 @@ links = sa.Table(
     "calsync_links",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("integration_id", sa.String(100), nullable=False),
-    sa.Column("mailbox", sa.String(320), nullable=False),
+    sa.Column("integration_id", sa.String(64), nullable=False),
+    sa.Column("mailbox", sa.String(254), nullable=False),  # RFC 5321 maximum
     sa.Column("suite_id", sa.String(400), nullable=False),
     sa.Column("ical_uid", sa.String(400), nullable=False, server_default=""),
     sa.Column("identity_key", sa.String(400), nullable=False),
@@ -143,12 +149,12 @@ links = sa.Table(
     sa.Column("change_key", sa.String(200), nullable=False, server_default=""),
     sa.Column("content_hash", sa.String(64), nullable=False, server_default=""),
     # The event's extent as last seen, so a run deletes only links inside the window it read.
-    sa.Column("event_start_utc", sa.DateTime, nullable=True),
-    sa.Column("event_end_utc", sa.DateTime, nullable=True),
+    sa.Column("event_start_utc", DATETIME_US, nullable=True),
+    sa.Column("event_end_utc", DATETIME_US, nullable=True),
     sa.Column("event_start_date", sa.Date, nullable=True),
     sa.Column("event_end_date", sa.Date, nullable=True),
-    sa.Column("created_at", sa.DateTime, nullable=False),
-    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("created_at", DATETIME_US, nullable=False),
+    sa.Column("updated_at", DATETIME_US, nullable=False),
     sa.UniqueConstraint("integration_id", "mailbox", "suite_id", name="uq_calsync_links_suite"),
     sa.Index("ix_calsync_links_mailbox", "integration_id", "mailbox"),
     sa.Index("ix_calsync_links_identity", "integration_id", "identity_key"),
@@ -158,8 +164,8 @@ sync_log = sa.Table(
     "calsync_sync_log",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("logged_at", sa.DateTime, nullable=False, index=True),
-    sa.Column("integration_id", sa.String(100), nullable=False),
+    sa.Column("logged_at", DATETIME_US, nullable=False, index=True),
+    sa.Column("integration_id", sa.String(64), nullable=False),
     sa.Column("run_id", sa.String(250), nullable=True),
     sa.Column("dag_id", sa.String(250), nullable=True),
     sa.Column("direction", sa.String(16), nullable=False),  # forward / reverse
@@ -170,6 +176,6 @@ sync_log = sa.Table(
     sa.Column("schedule_id", sa.Integer, nullable=True),
     sa.Column("suite_id", sa.String(400), nullable=True),
     sa.Column("title", sa.String(500), nullable=True),
-    sa.Column("message", sa.Text, nullable=False, server_default=""),
+    sa.Column("message", LONG_TEXT, nullable=False, server_default=""),
     sa.Index("ix_calsync_sync_log_integration", "integration_id", "logged_at"),
 )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -28,6 +29,10 @@ _MYSQL = {
     for prefix in ("mysql", "mariadb")
     for key, value in (("engine", "InnoDB"), ("charset", "utf8mb4"), ("collate", "utf8mb4_bin"))
 }
+
+
+DATETIME_US = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+LONG_TEXT = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 
 
 def _fk(column: str, target: str, table: str, **kw: str) -> sa.ForeignKeyConstraint:
@@ -72,22 +77,23 @@ def upgrade() -> None:
         "oa_schedules",
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column("title", sa.String(500), nullable=False),
-        sa.Column("start_utc", sa.DateTime, nullable=True),
-        sa.Column("end_utc", sa.DateTime, nullable=True),
+        sa.Column("start_utc", DATETIME_US, nullable=True),
+        sa.Column("end_utc", DATETIME_US, nullable=True),
         sa.Column("all_day", sa.Boolean, nullable=False, server_default=sa.false()),
         sa.Column("start_date", sa.Date, nullable=True),
         sa.Column("end_date", sa.Date, nullable=True),
         sa.Column("timezone", sa.String(64), nullable=False, server_default="UTC"),
         sa.Column("location", sa.String(500), nullable=False, server_default=""),
         sa.Column("room_id", sa.Integer, nullable=True),
-        sa.Column("details", sa.Text, nullable=False, server_default=""),
+        sa.Column("details", LONG_TEXT, nullable=False, server_default=""),
         sa.Column("color", sa.String(16), nullable=False, server_default=""),
         sa.Column("creator_id", sa.Integer, nullable=False),
-        sa.Column("source_integration", sa.String(100), nullable=True),
-        sa.Column("created_at", sa.DateTime, nullable=False),
-        sa.Column("updated_at", sa.DateTime, nullable=False),
+        sa.Column("source_integration", sa.String(64), nullable=True),
+        sa.Column("created_at", DATETIME_US, nullable=False),
+        sa.Column("updated_at", DATETIME_US, nullable=False),
         _fk("room_id", "oa_meeting_rooms.id", "oa_schedules"),
         _fk("creator_id", "oa_users.id", "oa_schedules"),
+        sqlite_autoincrement=True,
         **_MYSQL,
     )
     op.create_index("ix_oa_schedules_creator_start", "oa_schedules", ["creator_id", "start_utc"])
@@ -120,7 +126,7 @@ def upgrade() -> None:
     op.create_table(
         "calsync_meetings",
         sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("integration_id", sa.String(100), nullable=False),
+        sa.Column("integration_id", sa.String(64), nullable=False),
         sa.Column("identity_key", sa.String(400), nullable=False),
         sa.Column("schedule_id", sa.Integer, nullable=False),
         sa.Column("owner_mailbox", sa.String(320), nullable=False),
@@ -133,20 +139,20 @@ def upgrade() -> None:
     op.create_table(
         "calsync_links",
         sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("integration_id", sa.String(100), nullable=False),
-        sa.Column("mailbox", sa.String(320), nullable=False),
+        sa.Column("integration_id", sa.String(64), nullable=False),
+        sa.Column("mailbox", sa.String(254), nullable=False),
         sa.Column("suite_id", sa.String(400), nullable=False),
         sa.Column("ical_uid", sa.String(400), nullable=False, server_default=""),
         sa.Column("identity_key", sa.String(400), nullable=False),
         sa.Column("schedule_id", sa.Integer, nullable=False),
         sa.Column("change_key", sa.String(200), nullable=False, server_default=""),
         sa.Column("content_hash", sa.String(64), nullable=False, server_default=""),
-        sa.Column("event_start_utc", sa.DateTime, nullable=True),
-        sa.Column("event_end_utc", sa.DateTime, nullable=True),
+        sa.Column("event_start_utc", DATETIME_US, nullable=True),
+        sa.Column("event_end_utc", DATETIME_US, nullable=True),
         sa.Column("event_start_date", sa.Date, nullable=True),
         sa.Column("event_end_date", sa.Date, nullable=True),
-        sa.Column("created_at", sa.DateTime, nullable=False),
-        sa.Column("updated_at", sa.DateTime, nullable=False),
+        sa.Column("created_at", DATETIME_US, nullable=False),
+        sa.Column("updated_at", DATETIME_US, nullable=False),
         sa.UniqueConstraint("integration_id", "mailbox", "suite_id", name="uq_calsync_links_suite"),
         _fk("schedule_id", "oa_schedules.id", "calsync_links", ondelete="CASCADE"),
         **_MYSQL,
@@ -159,8 +165,8 @@ def upgrade() -> None:
     op.create_table(
         "calsync_sync_log",
         sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("logged_at", sa.DateTime, nullable=False),
-        sa.Column("integration_id", sa.String(100), nullable=False),
+        sa.Column("logged_at", DATETIME_US, nullable=False),
+        sa.Column("integration_id", sa.String(64), nullable=False),
         sa.Column("run_id", sa.String(250), nullable=True),
         sa.Column("dag_id", sa.String(250), nullable=True),
         sa.Column("direction", sa.String(16), nullable=False),
@@ -170,7 +176,7 @@ def upgrade() -> None:
         sa.Column("schedule_id", sa.Integer, nullable=True),
         sa.Column("suite_id", sa.String(400), nullable=True),
         sa.Column("title", sa.String(500), nullable=True),
-        sa.Column("message", sa.Text, nullable=False, server_default=""),
+        sa.Column("message", LONG_TEXT, nullable=False, server_default=""),
         **_MYSQL,
     )
     op.create_index("ix_calsync_sync_log_logged_at", "calsync_sync_log", ["logged_at"])
