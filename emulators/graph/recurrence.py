@@ -73,7 +73,9 @@ def _relative_day(year: int, month: int, weekdays: set[int], index: int) -> dt.d
     """The index-th day in the month falling on one of ``weekdays`` (index -1: the last)."""
     days = calendar.monthrange(year, month)[1]
     matching = [
-        dt.date(year, month, d) for d in range(1, days + 1) if dt.date(year, month, d).weekday() in weekdays
+        dt.date(year, month, d)
+        for d in range(1, days + 1)
+        if dt.date(year, month, d).weekday() in weekdays
     ]
     if not matching:
         return None

@@ -1,0 +1,226 @@
+"""Fault injection, throttling and request statistics.
+
+``Faults`` are settable at any time (attributes or ``update(**fields)``). ``Throttle`` applies
+them: a Retry-After window per (client, mailbox) after every 429/503 it hands out — a request
+inside that window counts as a violation and is throttled again — and a cap on the requests
+in flight per mailbox (exceeding it: 429 ApplicationThrottled, as Exchange Online does at
+four concurrent requests per app and mailbox).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+@dataclass
+class Faults:
+    latency_ms: float = 0.0  # sleep before answering each Graph API request
+    rate_429: float = 0.0  # probability of a random 429 TooManyRequests
+    rate_503: float = 0.0  # probability of a random 503 ServiceUnavailable
+    retry_after_s: float = 1.0  # Retry-After on 429/503 (fractions allowed)
+    fail_next: list[tuple[str, int]] = field(default_factory=list)  # (path substring, status)
+    per_mailbox_concurrency: int = 4
+
+    def update(self, **values: Any) -> None:
+        """Set fields from JSON-ish values (unknown names raise ValueError)."""
+        known = {f.name for f in fields(self)}
+        for name, value in values.items():
+            if name not in known:
+                raise ValueError(f"unknown fault field {name!r}; known: {sorted(known)}")
+            if name == "fail_next":
+                value = [_fail_entry(entry) for entry in value or []]
+            elif name == "per_mailbox_concurrency":
+                value = int(value)
+            else:
+                value = float(value)
+            setattr(self, name, value)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _fail_entry(entry: Any) -> tuple[str, int]:
+    if isinstance(entry, dict):
+        return str(entry["path"]), int(entry["status"])
+    path, status = entry
+    return str(path), int(status)
+
+
+def retry_after_text(seconds: float) -> str:
+    """Whole seconds as an integer (what Graph sends), fractions as given."""
+    return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
+
+
+class Stats:
+    """Counters; read them as attributes or as one JSON-able ``snapshot()``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests = 0
+            self.by_kind: Counter[str] = Counter()
+            self.by_status: Counter[int] = Counter()
+            self.by_mailbox: Counter[str] = Counter()
+            self.throttled_429 = 0
+            self.unavailable_503 = 0
+            self.retry_after_violations = 0
+            self.transaction_replays = 0
+            self.max_concurrency_seen: dict[str, int] = {}
+            self.invitations_sent: Counter[str] = Counter()
+            self.updates_sent: Counter[str] = Counter()
+            self.cancellations_sent: Counter[str] = Counter()
+
+    def request(self, kind: str, mailbox: str | None) -> None:
+        with self._lock:
+            self.requests += 1
+            self.by_kind[kind] += 1
+            if mailbox:
+                self.by_mailbox[mailbox] += 1
+
+    def status(self, status: int) -> None:
+        with self._lock:
+            self.by_status[status] += 1
+            if status == 429:
+                self.throttled_429 += 1
+            elif status == 503:
+                self.unavailable_503 += 1
+
+    def add(self, name: str, count: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + count)
+
+    def concurrency(self, mailbox: str, in_flight: int) -> None:
+        with self._lock:
+            if in_flight > self.max_concurrency_seen.get(mailbox, 0):
+                self.max_concurrency_seen[mailbox] = in_flight
+
+    def notify(self, kind: str, mailbox: str, count: int) -> None:
+        """Meeting messages sent by ``mailbox`` (kind: invitations/updates/cancellations_sent)."""
+        with self._lock:
+            getattr(self, kind)[mailbox] += count
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "requests": self.requests,
+                "by_kind": dict(self.by_kind),
+                "by_status": {str(k): v for k, v in self.by_status.items()},
+                "by_mailbox": dict(self.by_mailbox),
+                "throttled_429": self.throttled_429,
+                "unavailable_503": self.unavailable_503,
+                "retry_after_violations": self.retry_after_violations,
+                "transaction_replays": self.transaction_replays,
+                "max_concurrency_seen": dict(self.max_concurrency_seen),
+                "invitations_sent": dict(self.invitations_sent),
+                "updates_sent": dict(self.updates_sent),
+                "cancellations_sent": dict(self.cancellations_sent),
+            }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A fault to answer with instead of the real response."""
+
+    status: int
+    code: str
+    message: str
+    retry_after: float | None = None
+
+
+class Throttle:
+    """Applies ``Faults`` to requests; one instance per emulator, shared by handler threads."""
+
+    def __init__(self, faults: Faults, stats: Stats, seed: int = 0) -> None:
+        self.faults = faults
+        self.stats = stats
+        self._lock = threading.Lock()
+        self._rng = random.Random(seed)
+        self._seed = seed
+        self._not_before: dict[tuple[str, str], float] = {}
+        self._in_flight: Counter[str] = Counter()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._rng = random.Random(self._seed)
+            self._not_before.clear()
+
+    def take_fail_next(self, path: str) -> int | None:
+        """The status of the first ``fail_next`` entry matching ``path`` (consumed)."""
+        with self._lock:
+            for index, (needle, status) in enumerate(self.faults.fail_next):
+                if needle in path:
+                    del self.faults.fail_next[index]
+                    return status
+        return None
+
+    def check_window(self, client: str, mailbox: str) -> Verdict | None:
+        """A violation verdict when the client comes back before its Retry-After elapsed."""
+        with self._lock:
+            until = self._not_before.get((client, mailbox))
+            if until is None or time.monotonic() >= until:
+                return None
+        self.stats.add("retry_after_violations")
+        return Verdict(
+            429,
+            "TooManyRequests",
+            "The request came before the Retry-After of an earlier throttling response elapsed.",
+            self.faults.retry_after_s,
+        )
+
+    def enter(self, mailbox: str) -> Verdict | None:
+        """Count a request in flight for ``mailbox``; a verdict if that exceeds the cap."""
+        with self._lock:
+            self._in_flight[mailbox] += 1
+            in_flight = self._in_flight[mailbox]
+            if in_flight > self.faults.per_mailbox_concurrency:
+                self._in_flight[mailbox] -= 1
+                verdict: Verdict | None = Verdict(
+                    429,
+                    "ApplicationThrottled",
+                    "Application is over its MailboxConcurrency limit.",
+                    self.faults.retry_after_s,
+                )
+            else:
+                verdict = None
+        self.stats.concurrency(mailbox, in_flight)
+        return verdict
+
+    def leave(self, mailbox: str) -> None:
+        with self._lock:
+            self._in_flight[mailbox] -= 1
+            if self._in_flight[mailbox] <= 0:
+                del self._in_flight[mailbox]
+
+    def random_fault(self) -> Verdict | None:
+        with self._lock:
+            roll = self._rng.random()
+        if roll < self.faults.rate_429:
+            return Verdict(
+                429,
+                "TooManyRequests",
+                "Too many requests, retry after the time in the Retry-After header.",
+                self.faults.retry_after_s,
+            )
+        if roll < self.faults.rate_429 + self.faults.rate_503:
+            return Verdict(
+                503,
+                "ServiceUnavailable",
+                "The service is temporarily unavailable.",
+                self.faults.retry_after_s,
+            )
+        return None
+
+    def penalize(self, client: str, mailbox: str | None, seconds: float) -> None:
+        """Remember that ``client`` was told to wait ``seconds`` before its next request."""
+        if mailbox is None:
+            return
+        with self._lock:
+            self._not_before[(client, mailbox)] = time.monotonic() + seconds
