@@ -2,9 +2,20 @@
 
 from pathlib import Path
 
+import re
+
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+MOUNT = re.compile(r"^((?:\$\{[^}]*\})?[^:]*):([^:]+)")
+
+
+def split(volume: str) -> tuple[str, str]:
+    match = MOUNT.match(volume)
+    assert match, volume
+    return match.group(1), match.group(2)
 
 
 def load() -> dict:
@@ -37,13 +48,13 @@ def test_every_dependency_and_mount_resolves():
         for dep in service.get("depends_on", {}):
             assert dep in services, f"{name} depends on unknown service {dep}"
         for volume in service.get("volumes", []):
-            source = volume.split(":")[0]
+            source, _ = split(volume)
             if source.startswith("${AIRFLOW_PROJ_DIR:-.}/"):
                 path = source.removeprefix("${AIRFLOW_PROJ_DIR:-.}/")
                 assert path == "logs" or (ROOT / path).exists(), f"{name} mounts missing {path}"
             elif not source.startswith(("/", ".")):
                 assert source in doc.get("volumes", {}), f"{name} uses undeclared volume {source}"
-    mounts = {v.split(":")[1] for v in services["airflow-scheduler"]["volumes"]}
+    mounts = {split(v)[1] for v in services["airflow-scheduler"]["volumes"]}
     assert {"/opt/airflow/dags", "/opt/airflow/plugins", "/opt/airflow/include"} <= mounts
 
 
