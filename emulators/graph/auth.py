@@ -146,8 +146,9 @@ class Authority:
         }
 
     def instance_discovery(self, base: str, host: str) -> dict[str, Any]:
+        openid = f"{base}/{self.tenant_id}/v2.0/.well-known/openid-configuration"
         return {
-            "tenant_discovery_endpoint": f"{base}/{self.tenant_id}/v2.0/.well-known/openid-configuration",
+            "tenant_discovery_endpoint": openid,
             "api-version": "1.1",
             "metadata": [{"preferred_network": host, "preferred_cache": host, "aliases": [host]}],
         }

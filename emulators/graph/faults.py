@@ -107,6 +107,10 @@ class Stats:
         with self._lock:
             getattr(self, kind)[mailbox] += count
 
+    def __getitem__(self, name: str) -> Any:
+        """``stats["throttled_429"]``: a value of ``snapshot()``."""
+        return self.snapshot()[name]
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return {

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import re
 from typing import Any
@@ -57,14 +56,15 @@ def render_event(
     select: set[str] | None = None,
     property_ids: list[str] | None = None,
 ) -> dict[str, Any]:
-    """One event for a response body."""
+    """One event for a response body (shares nested values with the store: serialise it,
+    do not mutate it)."""
     data = instance.data
     timing = instance.timing
-    out = {"@odata.etag": f'W/"{data.get("changeKey", "")}"'}
+    out = {"@odata.etag": f'W/"{data.get("changeKey", "")}"', "id": data["id"]}
     for key, value in data.items():
         if key == "singleValueExtendedProperties" or (select is not None and key not in select):
             continue
-        out[key] = copy.deepcopy(value)
+        out[key] = value  # shared, read-only (see the store's convention)
     if select is not None:
         for key in select:
             out.setdefault(key, None)
@@ -82,10 +82,9 @@ def render_event(
             else format_local(timing.end, zone),
             "timeZone": zone_label,
         }
-    out["id"] = data["id"]
     if property_ids is not None:
         props = [
-            copy.deepcopy(p)
+            p
             for p in data.get("singleValueExtendedProperties") or []
             if not property_ids or p["id"].strip().lower() in property_ids
         ]

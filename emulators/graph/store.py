@@ -11,6 +11,10 @@ Organiser updates reach the copies; an organiser delete leaves the copies in pla
 ``isCancelled`` true and the subject prefixed "Canceled: "; cancelling one occurrence does the
 same to that occurrence in the copies (the organiser's own calendar simply loses it).
 Notification counts (one per recipient, external ones included) go to ``stats``.
+
+Convention that keeps reads cheap: a stored value is replaced, never mutated in place, so the
+instances handed out (shallow copies taken under the lock) can be rendered without the lock
+and without deep copies. What the Python API returns to callers is deep-copied.
 """
 
 from __future__ import annotations
@@ -179,10 +183,16 @@ def _stamp() -> str:
 _TAG = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]+>", re.IGNORECASE | re.DOTALL)
 
 
+def html_to_text(content: str) -> str:
+    """Markup stripped (scripts and styles with their content), entities decoded."""
+    text = html.unescape(_TAG.sub(" ", content))
+    return "\n".join(" ".join(line.split()) for line in text.splitlines()).strip()
+
+
 def body_preview(body: dict[str, Any]) -> str:
     text = body.get("content") or ""
     if (body.get("contentType") or "").lower() == "html":
-        text = html.unescape(_TAG.sub(" ", text))
+        text = html_to_text(text)
     return " ".join(text.split())[:255]
 
 
@@ -426,21 +436,25 @@ class Store:
     ) -> tuple[dict[str, Any], bool]:
         """``add_event`` that also says whether ``transactionId`` matched an existing event."""
         with self._lock:
-            box = self.add_mailbox(mailbox)
-            tx = event.get("transactionId")
-            if tx and box.transactions.get(tx) in box.items:
-                return self._raw(box.items[box.transactions[tx]]), True
-            data = self._new_data(box, event)
-            item = Item(data["id"], box.email, data)
-            box.items[item.id] = item
-            if tx:
-                box.transactions[tx] = item.id
-            if deliver and data["isOrganizer"]:
-                recipients = self._recipients(item)
-                for address in recipients:
-                    self._make_copy(item, address)
-                self._notify("invitations_sent", box.email, len(recipients))
-            return self._raw(item), False
+            item, replayed = self._create(mailbox, event, deliver)
+            return self._raw(item), replayed
+
+    def _create(self, mailbox: str, event: dict[str, Any], deliver: bool) -> tuple[Item, bool]:
+        box = self.add_mailbox(mailbox)
+        tx = event.get("transactionId")
+        if tx and box.transactions.get(tx) in box.items:
+            return box.items[box.transactions[tx]], True
+        data = self._new_data(box, event)
+        item = Item(data["id"], box.email, data)
+        box.items[item.id] = item
+        if tx:
+            box.transactions[tx] = item.id
+        if deliver and data["isOrganizer"]:
+            recipients = self._recipients(item)
+            for address in recipients:
+                self._make_copy(item, address)
+            self._notify("invitations_sent", box.email, len(recipients))
+        return item, False
 
     def _new_data(self, box: Mailbox, event: dict[str, Any]) -> dict[str, Any]:
         data = {k: copy.deepcopy(v) for k, v in event.items() if k not in READ_ONLY}
@@ -895,7 +909,7 @@ class Store:
                 elif item.timing.overlaps(lo, hi):
                     found.append(Instance(item.data, item.timing, item))
             found.sort(key=lambda i: i.sort_key)
-            return [Instance(copy.deepcopy(i.data), i.timing, i.item) for i in found]
+            return [Instance(dict(i.data), i.timing, i.item) for i in found]
 
     def series_instances(
         self, mailbox: str, series_id: str, lo: dt.datetime, hi: dt.datetime
@@ -903,7 +917,7 @@ class Store:
         with self._lock:
             item = self._series(mailbox, series_id)
             found = sorted(self._series_instances(item, lo, hi), key=lambda i: i.sort_key)
-            return [Instance(copy.deepcopy(i.data), i.timing, i.item) for i in found]
+            return [Instance(dict(i.data), i.timing, i.item) for i in found]
 
     def get_instance(self, mailbox: str, event_id: str) -> Instance:
         """An item, or one occurrence/exception by its id; GraphError 404 if absent."""
@@ -916,15 +930,15 @@ class Store:
                 )
                 if instance is None:
                     raise item_not_found()
-                return Instance(copy.deepcopy(instance.data), instance.timing, item)
+                return Instance(dict(instance.data), instance.timing, item)
             item = self._item(mailbox, event_id)
-            return Instance(copy.deepcopy(item.data), item.timing, item)
+            return Instance(dict(item.data), item.timing, item)
 
     def items(self, mailbox: str) -> list[Instance]:
         """Single events and series masters (what ``/events`` lists), sorted by (start, id)."""
         with self._lock:
             box = self.mailbox(mailbox)
-            found = [Instance(copy.deepcopy(i.data), i.timing, i) for i in box.items.values()]
+            found = [Instance(dict(i.data), i.timing, i) for i in box.items.values()]
             return sorted(found, key=lambda i: i.sort_key)
 
     def events(self, mailbox: str) -> list[dict[str, Any]]:
@@ -965,14 +979,12 @@ class Store:
                         for k, v in event.items()
                         if k not in ("cancelledOccurrences", "exceptionOccurrences", "deliver")
                     }
-                    made = self.add_event(address, body, deliver=event.get("deliver", True))
+                    made, _ = self._create(address, body, deliver=event.get("deliver", True))
                     for exception in event.get("exceptionOccurrences") or []:
                         patch = {k: v for k, v in exception.items() if k != "originalStart"}
-                        self.modify_occurrence(
-                            address, made["id"], exception["originalStart"], patch
-                        )
+                        self.modify_occurrence(address, made.id, exception["originalStart"], patch)
                     for original in event.get("cancelledOccurrences") or []:
-                        self.cancel_occurrence(address, made["id"], original)
+                        self.cancel_occurrence(address, made.id, original)
                     created += 1
             return {"mailboxes": len(boxes), "events": created}
 

@@ -62,9 +62,7 @@ class Response:
         return json.dumps(self.body, ensure_ascii=False).encode("utf-8")
 
 
-def graph_error(
-    status: int, code: str, message: str, request_id: str | None = None
-) -> Response:
+def graph_error(status: int, code: str, message: str, request_id: str | None = None) -> Response:
     """Graph's error shape: ``{"error": {"code", "message", "innerError"}}``."""
     request_id = request_id or str(uuid.uuid4())
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
@@ -74,7 +72,11 @@ def graph_error(
             "error": {
                 "code": code,
                 "message": message,
-                "innerError": {"date": now, "request-id": request_id, "client-request-id": request_id},
+                "innerError": {
+                    "date": now,
+                    "request-id": request_id,
+                    "client-request-id": request_id,
+                },
             }
         },
     )

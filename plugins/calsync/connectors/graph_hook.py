@@ -7,7 +7,6 @@ Kept apart from ``graph.py`` so importing the connector does not import the prov
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from airflow.providers.microsoft.azure.hooks.msgraph import KiotaRequestAdapterHook
@@ -29,7 +28,4 @@ def cloud_hook(conn_id: str, cloud: Cloud, timeout: float) -> CloudGraphHook:
         conn_id=conn_id, timeout=timeout, host=cloud.graph_host, scopes=[cloud.scope]
     )
     hook.cloud = cloud
-    # The hook logs every request URL at INFO: thousands of lines per run, mailbox addresses
-    # included. Keep its warnings and errors; calsync's own per-mailbox records say enough.
-    hook.log.setLevel(logging.WARNING)
     return hook
