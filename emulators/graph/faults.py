@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import unquote
 
 
 @dataclass
@@ -156,11 +157,13 @@ class Throttle:
             self._rng = random.Random(self._seed)
             self._not_before.clear()
 
-    def take_fail_next(self, path: str) -> int | None:
-        """The status of the first ``fail_next`` entry matching ``path`` (consumed)."""
+    def take_fail_next(self, target: str) -> int | None:
+        """The status of the first ``fail_next`` entry found in the request target, as sent or
+        percent-decoded (``users/a@b.com`` matches ``users/a%40b.com``); consumed."""
+        decoded = unquote(target)
         with self._lock:
             for index, (needle, status) in enumerate(self.faults.fail_next):
-                if needle in path:
+                if needle in target or needle in decoded:
                     del self.faults.fail_next[index]
                     return status
         return None

@@ -189,17 +189,38 @@ def sync_batch(
     return results
 
 
-def summarize(integration_file: str, window: dict[str, str], context: Any) -> dict[str, Any]:
+def _user_results(pulled: Any) -> list[dict[str, Any]]:
+    """Flatten what xcom_pull gives for a mapped task: one task's list of user results, or a
+    list of such lists (one per map index, None where a task pushed nothing)."""
+    if isinstance(pulled, dict):
+        return [pulled]
+    out: list[dict[str, Any]] = []
+    for item in pulled or []:
+        out.extend(_user_results(item) if not isinstance(item, dict) else [item])
+    return out
+
+
+def summarize(integration_file: str, window: dict[str, str] | None, context: Any) -> dict[str, Any]:
+    if not window:
+        # A leaf that is merely skipped would let Airflow mark the run a success.
+        raise AirflowFailException("the run stopped before syncing: see resolve_window's log")
     config = load_config(integration_file)
     ti = context.get("ti")
-    per_task: list[Any] = []
-    if ti is not None:
-        pulled = ti.xcom_pull(task_ids="sync_users", key=RESULTS_KEY)
-        per_task = list(pulled or []) if not isinstance(pulled, dict) else [pulled]
     users: dict[str, dict[str, Any]] = {}
-    for chunk in per_task:
-        for r in chunk or []:
+    if ti is not None:
+        for r in _user_results(ti.xcom_pull(task_ids="sync_users", key=RESULTS_KEY)):
             users[r["mailbox"]] = r
+    batches = ti.xcom_pull(task_ids="resolve_users") if ti is not None else None
+    if batches is None:
+        raise AirflowFailException("the run stopped before syncing: see resolve_users' log")
+    for batch in batches:
+        for user in batch:
+            if user["mailbox"] not in users:  # its task died before reporting (or was skipped)
+                users[user["mailbox"]] = {
+                    "mailbox": user["mailbox"],
+                    "counts": {},
+                    "error": "no result: its sync_users task did not finish",
+                }
     totals: dict[str, int] = {}
     for r in users.values():
         for key, value in r["counts"].items():

@@ -229,7 +229,7 @@ class GraphConnector(SuiteConnector):
         from airflow.providers.common.compat.sdk import AirflowNotFoundException
 
         lo, hi = window.bounds_utc()
-        url: str | None = f"users/{quote(mailbox)}/calendarView"
+        url: str | None = f"users/{quote(mailbox, safe='@')}/calendarView"
         query: dict[str, str] | None = {
             "startDateTime": _graph_instant(lo),
             "endDateTime": _graph_instant(hi),
