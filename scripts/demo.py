@@ -117,9 +117,13 @@ def report(url: str) -> None:
     with engine.connect() as conn:
         users = dict(conn.execute(sa.select(t.users.c.id, t.users.c.display_name)).all())
         rooms = dict(conn.execute(sa.select(t.rooms.c.id, t.rooms.c.name)).all())
-        schedules = conn.execute(
-            sa.select(t.schedules).order_by(t.schedules.c.start_date, t.schedules.c.start_utc)
-        ).all()
+        schedules = sorted(
+            conn.execute(sa.select(t.schedules)).all(),
+            key=lambda s: (s.start_date or s.start_utc.date(), s.start_utc or dt.datetime.min),
+        )
+        last_run = conn.execute(
+            sa.select(t.sync_log.c.run_id).order_by(t.sync_log.c.id.desc()).limit(1)
+        ).scalar()
         people: dict[int, list[str]] = {}
         for p in conn.execute(sa.select(t.participants)):
             label = users.get(p.user_id, "") if p.kind == "user" else p.email
@@ -128,12 +132,13 @@ def report(url: str) -> None:
             people.setdefault(p.schedule_id, []).append(label)
         log = conn.execute(
             sa.select(t.sync_log.c.action, sa.func.count())
+            .where(t.sync_log.c.run_id == last_run)
             .group_by(t.sync_log.c.action)
             .order_by(t.sync_log.c.action)
         ).all()
         skipped = conn.execute(
             sa.select(t.sync_log.c.mailbox, t.sync_log.c.title, t.sync_log.c.message).where(
-                t.sync_log.c.action.in_(["skipped", "failed"])
+                t.sync_log.c.action.in_(["skipped", "failed"]), t.sync_log.c.run_id == last_run
             )
         ).all()
     print(f"\n=== OA schedules synced from Office 365 ({len(schedules)}) ===")
@@ -151,11 +156,11 @@ def report(url: str) -> None:
         print(f"- {when}  {s.title}{room}  by {users.get(s.creator_id)}  colour {s.color}")
         if people.get(s.id):
             print(f"    participants: {', '.join(people[s.id])}")
-    print("\n=== sync log: records per action ===")
+    print(f"\n=== sync log of this run ({last_run}): records per action ===")
     for action, count in log:
         print(f"  {action:10} {count}")
     for row in skipped:
-        print(f"  - {row.mailbox or ''} {row.title or ''}: {row.message}")
+        print(f"  - {row.mailbox or '-'} {row.title or ''}: {row.message}")
 
 
 def run(standalone: bool) -> int:
@@ -183,13 +188,14 @@ def run(standalone: bool) -> int:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
+        printing = False
         for line in logfile.read_text(errors="replace").splitlines():
-            if (
-                "calsync run summary" in line
-                or line.startswith(("mailbox ", "TOTAL"))
-                or ("@" in line and line[:1].isalnum() and "   " in line)
-            ):
-                print(line)
+            if "calsync run summary" in line:
+                printing = True
+                line = "calsync run summary, " + line.split("calsync run summary, ", 1)[1]
+            if printing:
+                print(line.split(" [calsync]")[0])
+                printing = not line.startswith("TOTAL")
         report(url)
         print(f"\nAirflow's log of the run: {logfile}")
         if rc != 0:

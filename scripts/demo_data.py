@@ -7,6 +7,7 @@ emoji and HTML bodies, an event created in New York time, and one outside the wi
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from typing import Any
 
 ZONE = "Asia/Shanghai"
@@ -40,6 +41,10 @@ def graph_seed(today: dt.date, people: list[tuple[str, str]]) -> dict[str, Any]:
     mailboxes["meeting02@contoso.com"] = {"events": []}
 
     def add(owner: str, owner_name: str, event: dict[str, Any]) -> None:
+        # Stable ids: re-seeding the emulator (each demo run) gives the same items again.
+        key = hashlib.sha256(f"{owner}|{event['subject']}".encode()).hexdigest().upper()
+        event.setdefault("id", f"AAMkADemo{key[:48]}")
+        event.setdefault("iCalUId", f"040000008200E00074C5B7101A82E008{key[:32]}")
         event.setdefault("organizer", {"emailAddress": {"address": owner, "name": owner_name}})
         event.setdefault("body", {"contentType": "text", "content": ""})
         mailboxes[owner]["events"].append(event)

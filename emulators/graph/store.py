@@ -23,6 +23,7 @@ import base64
 import contextlib
 import copy
 import datetime as dt
+import hashlib
 import html
 import re
 import secrets
@@ -126,6 +127,12 @@ def _b64(raw: bytes) -> str:
 
 def new_item_id() -> str:
     return ID_PREFIX + _b64(b"\x00" + secrets.token_bytes(50))
+
+
+def copy_item_id(organizer_item_id: str, address: str) -> str:
+    """Deterministic id of an attendee's copy, so a re-seeded emulator keeps its ids."""
+    digest = hashlib.sha256(f"{organizer_item_id}|{address}".encode()).digest()
+    return ID_PREFIX + _b64(b"\x02" + digest + digest[:18])
 
 
 def occurrence_id(master_id: str, original_start: dt.datetime) -> str:
@@ -568,7 +575,7 @@ class Store:
         data = copy.deepcopy(
             {k: v for k, v in item.data.items() if k != "singleValueExtendedProperties"}
         )
-        data["id"] = new_item_id()
+        data["id"] = copy_item_id(item.id, address)
         data["isOrganizer"] = False
         data["responseStatus"] = {
             "response": "accepted" if is_room else "notResponded",
@@ -812,9 +819,20 @@ class Store:
             return self._render_raw(instance)
 
     def _check_override(self, item: Item, key: dt.datetime, patch: dict[str, Any]) -> None:
-        data = {**item.data, **patch}
-        if "start" in patch or "end" in patch or "isAllDay" in patch:
-            compute_timing(data)
+        """GraphError(400) if the patched occurrence's times make no sense."""
+        if not {"start", "end", "isAllDay"} & patch.keys():
+            return
+        timing = self._slot(item, key)
+        assert timing is not None  # key came from _occurrence_key
+        zone_name = item.data["start"].get("timeZone") or "UTC"
+        compute_timing(
+            {
+                "isAllDay": item.data.get("isAllDay"),
+                "start": self._stored_time(timing.start, timing.start_date, zone_name),
+                "end": self._stored_time(timing.end, timing.end_date, zone_name),
+                **patch,
+            }
+        )
 
     # --- reading ---
 
@@ -877,13 +895,18 @@ class Store:
             return {"dateTime": f"{day.isoformat()}T00:00:00.0000000", "timeZone": zone_name}
         return {"dateTime": format_local(instant, resolve_zone(zone_name)), "timeZone": zone_name}
 
-    def _occurrence_instance(self, item: Item, key: dt.datetime) -> Instance | None:
+    def _slot(self, item: Item, key: dt.datetime) -> Timing | None:
+        """The pattern's timing of the occurrence originally at ``key`` (None: no such one)."""
         for slot_key, timing in self._occurrence_slots(item, key.date() + dt.timedelta(days=2)):
             if slot_key == key:
-                return (
-                    None if key in item.removed else self._occurrence_from_slot(item, key, timing)
-                )
+                return timing
         return None
+
+    def _occurrence_instance(self, item: Item, key: dt.datetime) -> Instance | None:
+        timing = self._slot(item, key)
+        if timing is None or key in item.removed:
+            return None
+        return self._occurrence_from_slot(item, key, timing)
 
     def _series_instances(self, item: Item, lo: dt.datetime, hi: dt.datetime) -> Iterator[Instance]:
         until = hi.date() + dt.timedelta(days=2)

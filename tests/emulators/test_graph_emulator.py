@@ -277,6 +277,9 @@ def test_daily_series_with_an_exception_and_a_cancelled_occurrence(
             "end": {"dateTime": "2026-12-03T11:15:00", "timeZone": "Asia/Shanghai"},
         },
     )
+    emu.store.modify_occurrence(  # only the start: the occurrence keeps its own end
+        A, master["id"], "2026-12-05", {"start": {"dateTime": "2026-12-05T09:00:00+08:00"}}
+    )
     emu.store.cancel_occurrence(A, master["id"], "2026-12-04T09:30:00")  # wall time, series zone
     prefer = 'outlook.timezone="Asia/Shanghai"'
     window = ("2026-11-30T00:00:00Z", "2026-12-10T00:00:00Z")
@@ -285,8 +288,9 @@ def test_daily_series_with_an_exception_and_a_cancelled_occurrence(
         ("2026-12-01T09:30", "occurrence"),
         ("2026-12-02T09:30", "occurrence"),
         ("2026-12-03T11:00", "exception"),
-        ("2026-12-05T09:30", "occurrence"),  # numbered: the cancelled one still counts
+        ("2026-12-05T09:00", "exception"),  # numbered: the cancelled one still counts
     ]
+    assert events[3]["end"]["dateTime"] == "2026-12-05T09:45:00.0000000"
     assert {e["seriesMasterId"] for e in events} == {master["id"]}
     assert events[2]["subject"] == "Stand-up (moved)"
     assert events[2]["originalStart"] == "2026-12-03T01:30:00Z"
@@ -306,7 +310,8 @@ def test_daily_series_with_an_exception_and_a_cancelled_occurrence(
     assert cancelled["originalStart"] == "2026-12-04T01:30:00Z"
     assert cancelled["subject"] == "Canceled: Stand-up"
     assert [e["subject"] for e in bob if e["type"] == "exception" and not e["isCancelled"]] == [
-        "Stand-up (moved)"
+        "Stand-up (moved)",
+        "Stand-up",
     ]
 
 

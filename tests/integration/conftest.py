@@ -22,6 +22,7 @@ from calsync.oa.seed import DEMO_USERS, seed_demo
 from tests.airflow_env import AIRFLOW_HOME, ROOT
 
 GRAPH_CONN = "calsync_o365_test"
+GRAPH_SECRET = "Zq7-calsync-CLIENT-SECRET-4e1f"  # distinctive: tests scan outputs for it
 # The demo calendars sit around today in Shanghai so DAG runs (whose window is counted from the
 # real "now") see them; engine tests pass their window explicitly.
 TODAY = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).date()
@@ -47,7 +48,9 @@ def people() -> list[tuple[str, str]]:
 def graph_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from emulators.graph import GraphEmulator
 
-    emu = GraphEmulator(tls_dir=tmp_path_factory.mktemp("tls"), port=0, page_size=10)
+    emu = GraphEmulator(
+        tls_dir=tmp_path_factory.mktemp("tls"), port=0, page_size=10, client_secret=GRAPH_SECRET
+    )
     emu.start()
     bundle = tmp_path_factory.mktemp("ca") / "bundle.pem"
     system = Path("/etc/ssl/certs/ca-certificates.crt")

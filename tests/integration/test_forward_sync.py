@@ -209,7 +209,7 @@ def test_unknown_mailbox_fails_alone(forward, graph):
 def test_throttling_storm_ends_in_the_same_state(forward, graph):
     graph.faults.rate_429 = 0.3
     graph.faults.rate_503 = 0.05
-    graph.faults.retry_after_s = 0.05
+    graph.faults.retry_after_s = 1  # kiota parses whole seconds only (as Graph sends)
     result = forward()
     graph.faults.rate_429 = graph.faults.rate_503 = 0
     failed = {m: r.error for m, r in result["results"].items() if r.error}

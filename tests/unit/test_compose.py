@@ -1,8 +1,7 @@
 """docker-compose.yaml can't run here (no Docker engine): check its wiring statically."""
 
-from pathlib import Path
-
 import re
+from pathlib import Path
 
 import yaml
 

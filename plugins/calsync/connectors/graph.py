@@ -219,6 +219,8 @@ class GraphConnector(SuiteConnector):
             ) from None
         except AirflowException as exc:
             raise ConnectorError(f"Graph request failed: {_error_text(exc)}") from None
+        except ValueError as exc:  # e.g. kiota refusing a Retry-After it cannot parse
+            raise ConnectorError(f"Graph request failed: {exc}") from None
         except OSError as exc:
             raise ConnectorError(f"Graph unreachable: {type(exc).__name__}: {exc}") from None
         if not isinstance(response, dict):

@@ -8,6 +8,7 @@ Kept apart from ``graph.py`` so importing the connector does not import the prov
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlparse
 
 from airflow.providers.microsoft.azure.hooks.msgraph import KiotaRequestAdapterHook
 
@@ -20,6 +21,9 @@ class CloudGraphHook(KiotaRequestAdapterHook):
     def _build_request_adapter(self, connection: Any, config: dict[str, Any]) -> Any:
         merged = {"authority": self.cloud.login_host, **config}
         merged.setdefault("scopes", self.cloud.scope)
+        # The bearer token goes only to the Graph host (kiota refuses an authority URL here).
+        graph = urlparse(config.get("base_url") or self.cloud.graph_host).hostname
+        merged.setdefault("allowed_hosts", graph)
         return super()._build_request_adapter(connection, merged)
 
 
