@@ -204,3 +204,9 @@ def airflow_oa(seeded_oa: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> sa.Engi
 
     dispose_cached_engines()
     return seeded_oa
+
+
+@pytest.fixture
+def dag_env(airflow_db: Path, include_dir: Path, airflow_oa: sa.Engine, graph: Any) -> sa.Engine:
+    """Everything a `dag.test()` run of the test integration needs; yields the OA engine."""
+    return airflow_oa

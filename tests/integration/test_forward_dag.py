@@ -82,11 +82,6 @@ def run_dag(conf: dict[str, Any] | None = None) -> Any:
     return dag.test(run_conf=conf or {})
 
 
-@pytest.fixture
-def dag_env(airflow_db, include_dir, airflow_oa, graph) -> sa.Engine:
-    return airflow_oa
-
-
 def test_scheduled_window_run_then_rerun_changes_nothing(dag_env):
     first = run_dag()
     assert str(first.state) == "success", ti_states(first)

@@ -200,6 +200,7 @@ class GraphConnector(SuiteConnector):
 
     async def _get(self, url: str, query: dict[str, str] | None) -> dict[str, Any]:
         from airflow.providers.common.compat.sdk import AirflowException, AirflowNotFoundException
+        from azure.core.exceptions import ClientAuthenticationError
 
         hook = self._get_hook()
         headers = {
@@ -210,6 +211,14 @@ class GraphConnector(SuiteConnector):
             response = await hook.run(url=url, query_parameters=query, headers=headers)
         except AirflowNotFoundException:
             raise
+        except ClientAuthenticationError as exc:
+            code = getattr(getattr(exc, "error", None), "code", None) or "login refused"
+            raise ConnectorError(
+                f"Office 365 login refused for connection {self.config.connection_id!r} "
+                f"({code}): check tenant id, client id and secret",
+                status=401,
+                retriable=False,
+            ) from None
         except PermissionError as exc:
             raise ConnectorError(
                 f"Graph refused the request (401/403): check the app's permissions "
