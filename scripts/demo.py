@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / ".demo"
+DEMO = Path(os.environ.get("CALSYNC_DEMO_DIR") or ROOT / ".demo").resolve()
 BIN = Path(sys.executable).parent
 DAG_ID = "calsync_demo_office365"
 GRAPH_CONN = "calsync_o365_demo"
+QUIET_HOOK_LOGGER = "airflow.task.hooks.calsync.connectors.graph_hook.CloudGraphHook"
 
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
 
@@ -94,6 +95,8 @@ def airflow_env(emulator: dict) -> dict[str, str]:
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
         "CALSYNC_INCLUDE_DIR": str(ROOT / "include"),
+        # The msgraph hook logs every request URL at INFO; keep its warnings only.
+        "AIRFLOW__LOGGING__NAMESPACE_LEVELS": f"{QUIET_HOOK_LOGGER}=WARNING",
         "AIRFLOW_CONN_CALSYNC_OA": json.dumps({"conn_type": "sqlite", "host": str(DEMO / "oa.db")}),
         f"AIRFLOW_CONN_{GRAPH_CONN.upper()}": emulator["airflow_conn_json"],
         "SSL_CERT_FILE": str(ca_bundle),
