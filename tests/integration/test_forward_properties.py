@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import itertools
+import os
 import re
 import shutil
 from collections import Counter
@@ -34,7 +35,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from calsync.config import IntegrationConfig, parse_integration
@@ -526,6 +527,7 @@ class Example:
                 if inst.data.get("isOrganizer"):
                     assert identity not in expected, f"two organiser copies of {identity}"
                     expected[identity] = inst
+        event(f"meetings in the window at a check: {min(len(expected), 5)}{'+' if len(expected) >= 5 else ''}")
         with self.engine.connect() as conn:
             schedules = {r.id: r for r in conn.execute(sa.select(t.schedules))}
             meetings = conn.execute(sa.select(t.meetings)).all()
@@ -670,7 +672,7 @@ def examples(graph_server: Any, oa_template: Path, tmp_path: Path):
 
 
 @settings(
-    max_examples=25,
+    max_examples=int(os.environ.get('PROP_N', 25)),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

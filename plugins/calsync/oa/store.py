@@ -271,7 +271,8 @@ def apply_plan(
     """Apply a plan inside the caller's transaction; returns counts and sync-log rows."""
     now = utcnow()
     outcome = MailboxOutcome(plan.mailbox, user.id)
-    outcome.add("unchanged", plan.unchanged)
+    if plan.unchanged:
+        outcome.add("unchanged", plan.unchanged)
     logs: list[dict[str, Any]] = []
 
     def log(
