@@ -84,6 +84,7 @@ class SuiteEvent:
     categories: list[str] = field(default_factory=list)
     change_key: str = ""
     last_modified: dt.datetime | None = None
+    calsync_key: str | None = None  # calsync's marker, on events calsync created (E11)
     extra: dict[str, Any] = field(default_factory=dict)  # suite-specific fields for formulas
 
     @property
