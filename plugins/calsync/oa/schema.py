@@ -179,3 +179,36 @@ sync_log = sa.Table(
     sa.Column("message", LONG_TEXT, nullable=False, server_default=""),
     sa.Index("ix_calsync_sync_log_integration", "integration_id", "logged_at"),
 )
+
+# Change-feed state per mailbox (E7): a Graph delta link or an EWS sync state, bound to the
+# window it was started for.
+sync_state = sa.Table(
+    "calsync_sync_state",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("integration_id", sa.String(64), nullable=False),
+    sa.Column("mailbox", sa.String(254), nullable=False),
+    sa.Column("window_start", sa.Date, nullable=False),
+    sa.Column("window_end", sa.Date, nullable=False),
+    sa.Column("state", LONG_TEXT, nullable=False),
+    sa.Column("updated_at", DATETIME_US, nullable=False),
+    sa.UniqueConstraint("integration_id", "mailbox", name="uq_calsync_sync_state_mailbox"),
+)
+
+# F21: an OA user's own Exchange login and encrypted password (see calsync.accounts).
+user_accounts = sa.Table(
+    "calsync_user_accounts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "user_id",
+        sa.Integer,
+        sa.ForeignKey("oa_users.id", ondelete="CASCADE", name="fk_calsync_user_accounts_user_id"),
+        nullable=False,
+    ),
+    sa.Column("login", sa.String(320), nullable=False),
+    sa.Column("password_encrypted", sa.Text, nullable=False),
+    sa.Column("key_id", sa.String(64), nullable=False),
+    sa.Column("updated_at", DATETIME_US, nullable=False),
+    sa.UniqueConstraint("user_id", name="uq_calsync_user_accounts_user"),
+)
