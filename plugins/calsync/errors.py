@@ -45,3 +45,15 @@ class MailboxNotFound(ConnectorError):
 
     def __init__(self, mailbox: str) -> None:
         super().__init__(f"mailbox {mailbox!r} not found in the suite", status=404, retriable=False)
+
+
+class AccountMissing(ConnectorError):
+    """A user in an Exchange integration's ``user`` mode has no personal account (F21)."""
+
+    def __init__(self, mailbox: str) -> None:
+        super().__init__(
+            f"no personal Exchange account for {mailbox} (user access mode): the user sets it "
+            "in the OA's personal settings, or an admin with `calsync accounts set`",
+            status=None,
+            retriable=False,
+        )

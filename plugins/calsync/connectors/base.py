@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from calsync.config import IntegrationConfig
 from calsync.model import Attendee, SuiteEvent, Window
+
+if TYPE_CHECKING:
+    from calsync.accounts import Account
 
 # The name calsync's marker property carries in every suite (one GUID namespace for all).
 CALSYNC_PROPERTY_SET = "6f9cbd8a-2f1e-4c51-9e0e-3c5a1d7b42c1"
@@ -106,8 +110,14 @@ class SuiteConnector(abc.ABC):
         await self.aclose()
 
 
-def connector_for(config: IntegrationConfig) -> SuiteConnector:
-    """The connector of the integration's suite type."""
+AccountLookup = Callable[[str], "Account | None"]
+
+
+def connector_for(
+    config: IntegrationConfig, accounts: AccountLookup | None = None
+) -> SuiteConnector:
+    """The connector of the integration's suite type. ``accounts`` maps a mailbox to its
+    user's personal Exchange account (F21; Exchange in ``user`` access mode only)."""
     if config.type in ("office365_global", "office365_cn"):
         from calsync.connectors.graph import GraphConnector
 
@@ -115,7 +125,7 @@ def connector_for(config: IntegrationConfig) -> SuiteConnector:
     if config.type == "exchange":
         from calsync.connectors.exchange import ExchangeConnector
 
-        return ExchangeConnector(config)
+        return ExchangeConnector(config, accounts=accounts)
     if config.type == "alimail_v2":
         from calsync.connectors.alimail import AlimailConnector
 
