@@ -135,6 +135,24 @@ def resolve_users(
     return config.execution.batches(rows)
 
 
+def personal_accounts(config: IntegrationConfig, engine: Any, users: list[OAUser]) -> Any:
+    """F21: for Exchange in ``user`` access mode, a mailbox → personal account lookup."""
+    if config.type != "exchange" or config.exchange is None:
+        return None
+    if config.exchange.access_mode != "user":
+        return None
+    from calsync.accounts import AccountVault, load_accounts
+
+    try:
+        vault = AccountVault.from_environment()
+    except CalsyncError as exc:
+        raise AirflowFailException(str(exc)) from None
+    with engine.connect() as conn:
+        by_user = load_accounts(conn, vault, [u.id for u in users])
+    by_mailbox = {u.mailbox: by_user.get(u.id) for u in users}
+    return by_mailbox.get
+
+
 def describe_batch(batch: list[dict[str, Any]]) -> str:
     if not batch:
         return "(empty)"
@@ -164,8 +182,10 @@ def sync_batch(
     ]
     run = _run_info(config, context)
 
+    accounts = personal_accounts(config, engine, users)
+
     async def go() -> list[Any]:
-        async with connector_for(config) as connector:
+        async with connector_for(config, accounts=accounts) as connector:
             return await sync_users(
                 engine, config, library, connector, users, window_from(window), run
             )

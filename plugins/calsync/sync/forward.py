@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from calsync.config import IntegrationConfig
 from calsync.connectors.base import SuiteConnector
-from calsync.errors import ConnectorError, MailboxNotFound
+from calsync.errors import AccountMissing, ConnectorError, MailboxNotFound
 from calsync.model import OAUser, SuiteEvent, Window
 from calsync.oa import store
 from calsync.sync.plan import plan_mailbox
@@ -125,6 +125,10 @@ async def sync_users(
         try:
             async with semaphore:
                 events = await connector.list_events(user.mailbox, window)
+        except AccountMissing as exc:  # F21: skipped with a clear record, not a failure
+            await loop.run_in_executor(writer, _log_user, engine, run, user, "skipped", str(exc))
+            result.counts = {"skipped": 1}
+            return
         except MailboxNotFound as exc:
             result.error, result.retriable = str(exc), False
         except ConnectorError as exc:
@@ -142,7 +146,7 @@ async def sync_users(
                 first_line = str(exc).splitlines()[0][:300] if str(exc) else ""
                 result.error = f"OA write failed: {type(exc).__name__}: {first_line}"
                 log.warning("mailbox %s: OA write failed: %s", user.mailbox, exc)
-        await loop.run_in_executor(writer, _log_failure, engine, run, user, result.error)
+        await loop.run_in_executor(writer, _log_user, engine, run, user, "failed", result.error)
         result.counts = {"failed": 1}
 
     try:
@@ -152,16 +156,12 @@ async def sync_users(
     return [results[u.mailbox] for u in users]
 
 
-def _log_failure(engine: sa.Engine, run: store.RunInfo, user: OAUser, message: str | None) -> None:
+def _log_user(
+    engine: sa.Engine, run: store.RunInfo, user: OAUser, action: str, message: str | None
+) -> None:
+    row = store.log_row(run, action, message or "", user_id=user.id, mailbox=user.mailbox)
     try:
         with engine.begin() as conn:
-            store.write_logs(
-                conn,
-                [
-                    store.log_row(
-                        run, "failed", message or "", user_id=user.id, mailbox=user.mailbox
-                    )
-                ],
-            )
+            store.write_logs(conn, [row])
     except sa.exc.SQLAlchemyError:
-        log.exception("could not write the failure record of %s", user.mailbox)
+        log.exception("could not write the %s record of %s", action, user.mailbox)
