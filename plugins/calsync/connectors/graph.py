@@ -21,7 +21,12 @@ from typing import Any
 from urllib.parse import quote
 
 from calsync.config import IntegrationConfig, resolve_timezone
-from calsync.connectors.base import SuiteConnector
+from calsync.connectors.base import (
+    CALSYNC_PROPERTY_NAME,
+    CALSYNC_PROPERTY_SET,
+    EventWrite,
+    SuiteConnector,
+)
 from calsync.errors import ConnectorError, MailboxNotFound
 from calsync.model import Attendee, SuiteEvent, Window
 
@@ -72,6 +77,63 @@ SELECT = ",".join(
         "webLink",
     ]
 )
+
+
+# calsync's marker: a single-value extended property on every event it creates (E11).
+MARKER_ID = f"String {{{CALSYNC_PROPERTY_SET}}} Name {CALSYNC_PROPERTY_NAME}"
+EXPAND_MARKER = f"singleValueExtendedProperties($filter=id eq '{MARKER_ID}')"
+
+
+def _graph_zone(iana: str) -> str:
+    """The Windows name Graph knows best for an IANA zone (CLDR table), else the IANA name."""
+    from tzlocal.windows_tz import tz_win
+
+    return tz_win.get(iana, iana)
+
+
+def graph_body(event: EventWrite, default_zone: str) -> dict[str, Any]:
+    """The Graph JSON of an event calsync writes (times in the event's own zone)."""
+    zone = event.timezone or default_zone
+    if event.all_day:
+        assert event.start_date is not None and event.end_date is not None
+        start = {
+            "dateTime": f"{event.start_date.isoformat()}T00:00:00",
+            "timeZone": _graph_zone(zone),
+        }
+        end = {"dateTime": f"{event.end_date.isoformat()}T00:00:00", "timeZone": _graph_zone(zone)}
+    else:
+        import zoneinfo
+
+        assert event.start is not None and event.end is not None
+        local = zoneinfo.ZoneInfo(zone)
+        fmt = "%Y-%m-%dT%H:%M:%S"
+        start = {
+            "dateTime": event.start.astimezone(local).strftime(fmt),
+            "timeZone": _graph_zone(zone),
+        }
+        end = {"dateTime": event.end.astimezone(local).strftime(fmt), "timeZone": _graph_zone(zone)}
+    body: dict[str, Any] = {
+        "subject": event.subject,
+        "body": {
+            "contentType": "HTML" if event.body_type == "html" else "Text",
+            "content": event.body,
+        },
+        "start": start,
+        "end": end,
+        "isAllDay": event.all_day,
+        "location": {"displayName": event.location},
+        "sensitivity": event.sensitivity,
+        "attendees": [
+            {
+                "type": a.kind,
+                "emailAddress": {"address": a.email, "name": a.name or a.email},
+            }
+            for a in event.attendees
+        ],
+    }
+    if event.key:
+        body["singleValueExtendedProperties"] = [{"id": MARKER_ID, "value": event.key}]
+    return body
 
 
 def parse_graph_datetime(value: str) -> dt.datetime:
@@ -171,8 +233,16 @@ def normalize_event(item: dict[str, Any], default_zone: str) -> SuiteEvent:
         last_modified=parse_graph_datetime(item["lastModifiedDateTime"])
         if item.get("lastModifiedDateTime")
         else None,
+        calsync_key=_marker(item),
         extra={"web_link": item.get("webLink") or ""},
     )
+
+
+def _marker(item: dict[str, Any]) -> str | None:
+    for prop in item.get("singleValueExtendedProperties") or []:
+        if str(prop.get("id", "")).lower() == MARKER_ID.lower():
+            return prop.get("value")
+    return None
 
 
 def _graph_instant(value: dt.datetime) -> str:
@@ -245,6 +315,7 @@ class GraphConnector(SuiteConnector):
             "startDateTime": _graph_instant(lo),
             "endDateTime": _graph_instant(hi),
             "$select": SELECT,
+            "$expand": EXPAND_MARKER,
             "$top": str(self.page_size),
         }
         events: dict[str, SuiteEvent] = {}
@@ -272,6 +343,75 @@ class GraphConnector(SuiteConnector):
         for item, reason in problems:
             result.append(_unreadable(item, reason))
         return result
+
+    # --- writes (reverse sync) -------------------------------------------------------
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        body: dict[str, Any] | None = None,
+        query: Any = None,
+        missing_ok: bool = False,
+    ) -> Any:
+        from airflow.providers.common.compat.sdk import AirflowException, AirflowNotFoundException
+
+        headers = {"Prefer": 'outlook.timezone="UTC", IdType="ImmutableId"'}
+        try:
+            return await self._get_hook().run(
+                url=url, method=method, data=body, headers=headers, query_parameters=query
+            )
+        except AirflowNotFoundException as exc:
+            if missing_ok:
+                return None
+            raise ConnectorError(
+                f"Graph {method}: not found: {_error_text(exc)}", status=404, retriable=False
+            ) from None
+        except AirflowException as exc:
+            raise ConnectorError(f"Graph {method} failed: {_error_text(exc)}") from None
+        except PermissionError as exc:
+            raise ConnectorError(
+                f"Graph refused {method}: {_error_text(exc)}", status=401
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise ConnectorError(f"Graph {method} failed: {type(exc).__name__}: {exc}") from None
+
+    def _events_url(self, mailbox: str, suite_id: str | None = None) -> str:
+        base = f"users/{quote(mailbox, safe='@')}/events"
+        return f"{base}/{quote(suite_id, safe='')}" if suite_id else base
+
+    async def find_by_key(self, mailbox: str, key: str) -> SuiteEvent | None:
+        escaped = key.replace("'", "''")
+        query = {
+            "$filter": f"singleValueExtendedProperties/any(ep: ep/id eq '{MARKER_ID}' "
+            f"and ep/value eq '{escaped}')",
+            "$expand": EXPAND_MARKER,
+        }
+        page = await self._send("GET", self._events_url(mailbox), query=query)
+        items = (page or {}).get("value") or []
+        return normalize_event(items[0], self.config.timezone) if items else None
+
+    async def create_event(self, mailbox: str, event: EventWrite) -> SuiteEvent:
+        """Idempotent: an event carrying the key is found first; Graph's ``transactionId``
+        guards the window between a lost reply and the retry too."""
+        if event.key:
+            found = await self.find_by_key(mailbox, event.key)
+            if found is not None:
+                return found
+        body = graph_body(event, self.config.timezone)
+        if event.key:
+            body["transactionId"] = event.key[:100]
+        created = await self._send("POST", self._events_url(mailbox), body)
+        return normalize_event(created, self.config.timezone)
+
+    async def update_event(self, mailbox: str, suite_id: str, event: EventWrite) -> SuiteEvent:
+        body = graph_body(event, self.config.timezone)
+        body.pop("singleValueExtendedProperties", None)  # the marker never changes
+        updated = await self._send("PATCH", self._events_url(mailbox, suite_id), body)
+        return normalize_event(updated, self.config.timezone)
+
+    async def delete_event(self, mailbox: str, suite_id: str) -> None:
+        await self._send("DELETE", self._events_url(mailbox, suite_id), missing_ok=True)
 
     async def aclose(self) -> None:
         if self._hook is not None:

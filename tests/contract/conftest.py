@@ -1,0 +1,108 @@
+"""The connector contract: every suite connector passes the same tests against its emulator.
+
+A suite joins by providing a ``ContractEnv`` fixture (below, one per suite) that seeds its
+emulator with suite-neutral events and exposes the knobs the tests need.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+
+from calsync.config import IntegrationConfig, parse_integration
+from calsync.connectors.base import SuiteConnector, connector_for
+from tests.integration.conftest import GRAPH_CONN
+
+ZONE = "Asia/Shanghai"
+
+
+@dataclass
+class Seed:
+    """A suite-neutral event to put into a mailbox."""
+
+    subject: str
+    start: dt.datetime | None = None  # aware
+    end: dt.datetime | None = None
+    start_date: dt.date | None = None  # all-day, end exclusive
+    end_date: dt.date | None = None
+
+
+class ContractEnv(Protocol):
+    name: str
+    config: IntegrationConfig
+    mailbox: str
+
+    def seed(self, mailbox: str, events: list[Seed]) -> None: ...
+    def count(self, mailbox: str) -> int: ...
+    def throttle(self, rate_429: float, retry_after_s: int) -> None: ...
+    def violations(self) -> int: ...
+    def connector(self) -> SuiteConnector: ...
+
+
+class GraphEnv:
+    name = "office365"
+    mailbox = "lina@contoso.com"
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.config = parse_integration(
+            Path("contract_o365.yaml"),
+            f"name: contract\ntype: office365_global\nconnection_id: {GRAPH_CONN}\n"
+            f"timezone: {ZONE}\noffice365: {{page_size: 10}}\n",
+        )
+
+    def seed(self, mailbox: str, events: list[Seed]) -> None:
+        if not self.server.store.has_mailbox(mailbox):
+            self.server.store.add_mailbox(mailbox)
+        for ev in events:
+            if ev.start_date is not None:
+                assert ev.end_date is not None
+                body = {
+                    "isAllDay": True,
+                    "start": {"dateTime": f"{ev.start_date}T00:00:00", "timeZone": ZONE},
+                    "end": {"dateTime": f"{ev.end_date}T00:00:00", "timeZone": ZONE},
+                }
+            else:
+                assert ev.start is not None and ev.end is not None
+                body = {
+                    "start": {
+                        "dateTime": ev.start.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+                        "timeZone": "UTC",
+                    },
+                    "end": {
+                        "dateTime": ev.end.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+                        "timeZone": "UTC",
+                    },
+                }
+            self.server.store.add_event(mailbox, {"subject": ev.subject, **body}, deliver=False)
+
+    def count(self, mailbox: str) -> int:
+        return len(self.server.store.events(mailbox))
+
+    def throttle(self, rate_429: float, retry_after_s: int) -> None:
+        self.server.faults.rate_429 = rate_429
+        self.server.faults.retry_after_s = retry_after_s
+
+    def violations(self) -> int:
+        return self.server.stats["retry_after_violations"]
+
+    def connector(self) -> SuiteConnector:
+        return connector_for(self.config)
+
+
+@pytest.fixture(params=["office365"])
+def suite(request: pytest.FixtureRequest) -> Iterator[ContractEnv]:
+    if request.param == "office365":
+        server = request.getfixturevalue("graph_server")
+        server.reset()
+        server.store.add_mailbox(GraphEnv.mailbox)
+        yield GraphEnv(server)
+        server.reset()
+
+
+from tests.integration.conftest import graph_server  # noqa: E402,F401 - shared session fixture
