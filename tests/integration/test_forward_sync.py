@@ -236,3 +236,17 @@ def test_all_day_dates_do_not_depend_on_the_integration_zone(seeded_oa, graph, z
     ForwardRunner(seeded_oa, config)()
     (leave,) = schedules(seeded_oa)["年假 Annual leave"]
     assert (leave.start_date, leave.end_date) == (TODAY + DAY, TODAY + 2 * DAY)
+
+
+def test_undefined_connection_is_not_a_missing_mailbox(seeded_oa, graph):
+    from calsync.config import parse_integration
+    from tests.integration.conftest import INTEGRATION_YAML, ForwardRunner
+
+    config = parse_integration(
+        __import__("pathlib").Path("it_o365.yaml"),
+        INTEGRATION_YAML.replace("calsync_o365_test", "calsync_nowhere"),
+    )
+    result = ForwardRunner(seeded_oa, config)()
+    errors = {r.error for r in result["results"].values()}
+    assert errors == {"Airflow connection 'calsync_nowhere' is not defined"}
+    assert all(r.retriable is False for r in result["results"].values())

@@ -506,3 +506,77 @@ def log_row(
         "title": None,
         "message": message[:4000],
     }
+
+
+# --- change-feed state (E7) --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SyncStateRow:
+    """A mailbox's stored change-feed state and the window it was started for."""
+
+    window_start: dt.date
+    window_end: dt.date
+    state: str
+
+
+def load_sync_states(
+    conn: sa.Connection, integration_id: str, mailboxes: Iterable[str]
+) -> dict[str, SyncStateRow]:
+    """The stored states of ``mailboxes`` (those that have one)."""
+    wanted = sorted(set(mailboxes))
+    found: dict[str, SyncStateRow] = {}
+    for i in range(0, len(wanted), 500):
+        for r in conn.execute(
+            sa.select(
+                t.sync_state.c.mailbox,
+                t.sync_state.c.window_start,
+                t.sync_state.c.window_end,
+                t.sync_state.c.state,
+            ).where(
+                t.sync_state.c.integration_id == integration_id,
+                t.sync_state.c.mailbox.in_(wanted[i : i + 500]),
+            )
+        ):
+            found[r.mailbox] = SyncStateRow(r.window_start, r.window_end, r.state)
+    return found
+
+
+def save_sync_state(
+    conn: sa.Connection,
+    integration_id: str,
+    mailbox: str,
+    window_start: dt.date,
+    window_end: dt.date,
+    state: str,
+) -> None:
+    """Store (insert or replace) a mailbox's state inside the caller's transaction, so it
+    lands together with the OA changes it stands for. A concurrent insert of the same mailbox
+    raises IntegrityError (the caller re-plans)."""
+    values = {
+        "window_start": window_start,
+        "window_end": window_end,
+        "state": state,
+        "updated_at": utcnow(),
+    }
+    updated = conn.execute(
+        sa.update(t.sync_state)
+        .where(
+            t.sync_state.c.integration_id == integration_id,
+            t.sync_state.c.mailbox == mailbox,
+        )
+        .values(**values)
+    )
+    if not updated.rowcount:
+        conn.execute(
+            sa.insert(t.sync_state).values(integration_id=integration_id, mailbox=mailbox, **values)
+        )
+
+
+def clear_sync_state(conn: sa.Connection, integration_id: str, mailbox: str | None = None) -> int:
+    """Forget the states of an integration (or of one mailbox): the next scheduled run reads
+    in full. Returns the number of rows removed."""
+    condition = t.sync_state.c.integration_id == integration_id
+    if mailbox is not None:
+        condition = sa.and_(condition, t.sync_state.c.mailbox == mailbox)
+    return conn.execute(sa.delete(t.sync_state).where(condition)).rowcount or 0

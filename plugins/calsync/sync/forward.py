@@ -4,20 +4,36 @@ Mailboxes are read concurrently (``execution.concurrency``) while the OA writes 
 one mailbox at a time, each in its own transaction with its sync-log rows. One user's failure
 (unknown mailbox, suite error, a bad record) never stops the others: it is logged and
 reported, and the caller decides whether the task fails (so Airflow retries just it).
+
+Incremental runs (E7, ``incremental=True``: the scheduled run): a mailbox with a stored
+change-feed state for the same window (and the same mapping context, below) is read with
+``list_changes``; otherwise, or when the connector has no feed, it is read in full. A full
+read (including a connector's fall-back after an expired token) is planned as always; a
+partial one with the planner's partial mode, so unchanged events keep their links. The new
+state is written in the mailbox's transaction, so it never runs ahead of the OA. A manual
+range run (``incremental=False``) reads in full and leaves the stored state alone.
+
+The stored state row holds ``{"context": <fingerprint>, "feed": <the connector's state>}``:
+the fingerprint covers what turns suite events into OA content besides the events themselves
+(integration settings, mapping files, users in scope, rooms). When it changes, unchanged
+events would map differently, so the next run starts a new round (a full read).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from calsync.config import IntegrationConfig
-from calsync.connectors.base import SuiteConnector
+from calsync.connectors.base import ChangeSet, IncrementalNotSupported, SuiteConnector
 from calsync.errors import AccountMissing, ConnectorError, MailboxNotFound
 from calsync.model import OAUser, SuiteEvent, Window
 from calsync.oa import store
@@ -69,6 +85,42 @@ def build_context(
     return ctx, problems
 
 
+def context_fingerprint(config: IntegrationConfig, ctx: PrepareContext, library: Any) -> str:
+    """A short hash of everything besides the events that decides the OA content a forward
+    run writes: a change makes the next scheduled run read in full (module docstring)."""
+    digest = hashlib.sha256()
+    digest.update(config.model_dump_json().encode())
+    directory = getattr(library, "directory", None)
+    if directory is not None and Path(directory).is_dir():
+        for path in sorted(Path(directory).rglob("*")):
+            if path.is_file():
+                digest.update(str(path.relative_to(directory)).encode() + b"\0")
+                digest.update(path.read_bytes() + b"\0")
+    people = sorted((m, u.id, u.name) for m, u in ctx.users_by_mailbox.items())
+    rooms = sorted(ctx.rooms_by_mailbox.items())
+    names = sorted(ctx.room_names.items())
+    digest.update(json.dumps([people, rooms, names], default=str).encode())
+    return digest.hexdigest()[:20]
+
+
+def _feed_state(row: store.SyncStateRow | None, window: Window, context: str) -> str | None:
+    """The connector state to continue from, or None to start a new round."""
+    if row is None or (row.window_start, row.window_end) != (window.start, window.end):
+        return None
+    try:
+        data = json.loads(row.state)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("context") != context:
+        return None
+    feed = data.get("feed")
+    return feed if isinstance(feed, str) and feed else None
+
+
+def _state_row(context: str, feed: str) -> str:
+    return json.dumps({"context": context, "feed": feed}, separators=(",", ":"))
+
+
 def apply_mailbox(
     engine: sa.Engine,
     config: IntegrationConfig,
@@ -77,18 +129,35 @@ def apply_mailbox(
     events: list[SuiteEvent],
     window: Window,
     run: store.RunInfo,
+    changes: ChangeSet | None = None,
+    context: str = "",
 ) -> dict[str, int]:
-    """Plan and apply one mailbox in one transaction; returns the action counts."""
+    """Plan and apply one mailbox in one transaction; returns the action counts.
+
+    ``changes`` (an incremental read; ``events`` are its events): a partial one is planned in
+    partial mode, and its state is stored in the same transaction."""
     prepared = [prepare_event(event, user, ctx) for event in events]
     keys = [p.event.identity_key for p in prepared if p.data is not None]
     in_scope = frozenset(ctx.users_by_mailbox)
+    removed = changes.removed if changes is not None and not changes.full else None
     for attempt in range(1, APPLY_ATTEMPTS + 1):
         try:
             with engine.begin() as conn:
                 links, meetings = store.load_mailbox_state(conn, config.id, user.mailbox, keys)
-                plan = plan_mailbox(user.mailbox, prepared, links, meetings, window, in_scope)
+                plan = plan_mailbox(
+                    user.mailbox, prepared, links, meetings, window, in_scope, removed
+                )
                 outcome, logs = store.apply_plan(conn, plan, user, run)
                 store.write_logs(conn, logs)
+                if changes is not None and changes.state:
+                    store.save_sync_state(
+                        conn,
+                        config.id,
+                        user.mailbox,
+                        window.start,
+                        window.end,
+                        _state_row(context, changes.state),
+                    )
             return outcome.counts
         except sa.exc.IntegrityError:
             if attempt == APPLY_ATTEMPTS:
@@ -107,10 +176,19 @@ async def sync_users(
     users: list[OAUser],
     window: Window,
     run: store.RunInfo,
+    incremental: bool = False,
 ) -> list[UserResult]:
-    """Forward-sync ``users`` for ``window``; returns one result per user, in order."""
+    """Forward-sync ``users`` for ``window``; returns one result per user, in order.
+    ``incremental``: use the change feed where a state allows it (the scheduled run)."""
     with engine.connect() as conn:
         ctx, room_problems = build_context(conn, config, library)
+        states = (
+            store.load_sync_states(conn, config.id, [u.mailbox for u in users])
+            if incremental
+            else {}
+        )
+    context = context_fingerprint(config, ctx, library) if incremental else ""
+    feed = {"supported": incremental}
     if room_problems:
         with engine.begin() as conn:
             store.write_logs(conn, [store.log_row(run, "failed", p) for p in room_problems])
@@ -122,9 +200,19 @@ async def sync_users(
 
     async def one(user: OAUser) -> None:
         result = results[user.mailbox]
+        changes: ChangeSet | None = None
         try:
             async with semaphore:
-                events = await connector.list_events(user.mailbox, window)
+                if feed["supported"]:
+                    prior = _feed_state(states.get(user.mailbox), window, context)
+                    try:
+                        changes = await connector.list_changes(user.mailbox, window, prior)
+                    except IncrementalNotSupported:
+                        feed["supported"] = False
+                if changes is None:
+                    events = await connector.list_events(user.mailbox, window)
+                else:
+                    events = changes.events
         except AccountMissing as exc:  # F21: skipped with a clear record, not a failure
             await loop.run_in_executor(writer, _log_user, engine, run, user, "skipped", str(exc))
             result.counts = {"skipped": 1}
@@ -139,7 +227,17 @@ async def sync_users(
         if result.error is None:
             try:
                 result.counts = await loop.run_in_executor(
-                    writer, apply_mailbox, engine, config, ctx, user, events, window, run
+                    writer,
+                    apply_mailbox,
+                    engine,
+                    config,
+                    ctx,
+                    user,
+                    events,
+                    window,
+                    run,
+                    changes,
+                    context,
                 )
                 return
             except sa.exc.SQLAlchemyError as exc:

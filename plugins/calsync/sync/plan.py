@@ -14,11 +14,20 @@ transaction per mailbox. Rules:
   dropped; the store deletes the schedule only when no link is left and this integration
   created it (E2, E17). Links outside the window read are never touched;
 - an event that could not be read or mapped fails alone; its link (if any) is kept.
+
+Partial mode (``removed`` given: an incremental read, E7): ``items`` are only the events that
+changed and ``removed`` the suite ids that left the window. Changed events are planned as
+above; a removed id's link is dropped by the same rule (in the window, not kept by another
+item); every other link is left alone, since its event did not change. A changed event takes
+over another link of its meeting by identity only when that link's own item is gone (removed,
+or outside the window); otherwise it is a second copy in the mailbox and is skipped, as a full
+read would.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from calsync.model import ScheduleData, SuiteEvent, Window
@@ -152,10 +161,14 @@ def plan_mailbox(
     meetings: dict[str, MeetingRow],
     window: Window,
     in_scope_mailboxes: frozenset[str] | set[str],
+    removed: Iterable[str] | None = None,
 ) -> MailboxPlan:
     """Plan one mailbox's run. ``meetings`` maps identity keys to meetings of this
-    integration (for every identity among ``items`` and ``links``)."""
+    integration (for every identity among ``items`` and ``links``). ``removed`` (suite ids)
+    switches to partial mode: ``items`` are the changed events only (module docstring)."""
     plan = MailboxPlan(mailbox)
+    partial = removed is not None
+    touched = set(removed or ()) | {item.event.suite_id for item in items}
     by_suite = {link.suite_id: link for link in links}
     by_identity: dict[str, LinkRow] = {}
     for link in links:
@@ -189,8 +202,20 @@ def plan_mailbox(
             item.skip = "the same meeting appears twice in this mailbox; linked once"
             plan.actions.append(Skip(item))
             continue
+        link = by_suite.get(event.suite_id)
+        if link is None:
+            link = by_identity.get(identity)
+            if (
+                partial
+                and link is not None
+                and link.suite_id not in touched
+                and link.in_window(window)
+            ):
+                # its own event is still there, unchanged: this is a second copy
+                item.skip = "the same meeting appears twice in this mailbox; linked once"
+                plan.actions.append(Skip(item))
+                continue
         planned.add(identity)
-        link = by_suite.get(event.suite_id) or by_identity.get(identity)
         if link is not None and link.id in kept:
             link = None
         if link is not None:
@@ -219,6 +244,8 @@ def plan_mailbox(
         plan.actions.append(Create(item))
 
     for link in links:
+        if partial and link.suite_id not in touched:
+            continue  # its event did not change
         if link.id not in kept and link.in_window(window):
             reason = dropped_because.get(link.id, "no longer in the mailbox's calendar")
             plan.actions.append(Drop(link, reason))
