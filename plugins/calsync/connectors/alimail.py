@@ -55,7 +55,6 @@ import datetime as dt
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from typing import Any
 
 from calsync.config import IntegrationConfig, resolve_timezone
@@ -117,7 +116,11 @@ def strip_marker(body: str, body_type: str) -> tuple[str, str | None]:
         cleaned = _MARKER_HTML.sub("", body)
         cleaned = _MARKER.sub("", cleaned)
     else:
-        cleaned = _MARKER_LINE.sub("", body).rstrip()
+        # At the end (where calsync puts it) it goes with its blank line; a marker a user
+        # moved into the middle leaves a line break, so the lines around it stay apart.
+        cleaned = _MARKER_LINE.sub(
+            lambda m: "" if not body[m.end() :].strip() else "\n", body
+        ).rstrip()
     return cleaned, key
 
 
@@ -173,6 +176,25 @@ def parse_time(value: Any, zone: str) -> tuple[dt.datetime | None, dt.date | Non
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=_zoneinfo(_zone_name(tz_name, zone)))
     return parsed.astimezone(dt.UTC), wall_date, tz_name
+
+
+_MIDNIGHT = re.compile(r"T00:00(?::00(?:\.0*)?)?(?:Z|[+-]\d\d:?\d\d)?$")
+
+
+def _all_day_date(
+    raw: Any, instant: dt.datetime | None, written: dt.date | None, zone: str
+) -> dt.date:
+    """The date of an all-day bound, never shifted: the date as written when the value is a
+    date or a midnight wall time (in whatever zone or offset it was written); an instant that
+    is not midnight where written (an all-day value rendered in UTC, say) is read in the
+    event's zone, the only reading that gives back a whole day."""
+    assert written is not None
+    if instant is None:
+        return written
+    text = wire.first(raw, wire.TIME_DATETIME) if isinstance(raw, dict) else raw
+    if isinstance(text, str) and _MIDNIGHT.search(text.strip()):
+        return written
+    return instant.astimezone(_zoneinfo(zone)).date()
 
 
 def _address(node: Any) -> tuple[str, str]:
@@ -235,7 +257,8 @@ def normalize_event(item: dict[str, Any], default_zone: str) -> SuiteEvent:
     end, end_day, _ = parse_time(end_raw, zone)
     all_day = bool(wire.first(item, wire.EV_ALL_DAY, False)) or (start is None and end is None)
     if all_day:
-        assert start_day is not None and end_day is not None
+        start_day = _all_day_date(start_raw, start, start_day, zone)
+        end_day = _all_day_date(end_raw, end, end_day, zone)
         if end_day < start_day:
             raise ValueError(f"all-day end {end_day} is before start {start_day}")
         if end_day == start_day:  # an inclusive end date: make it exclusive as everywhere
@@ -452,8 +475,14 @@ class AlimailConnector(SuiteConnector):
         return self._client()
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run one operation in the pool; its requests share one wait budget."""
+
+        def operation() -> Any:
+            with self._client().operation():
+                return fn(*args, **kwargs)
+
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, partial(fn, *args, **kwargs))
+        return await loop.run_in_executor(self._pool, operation)
 
     def _notify(self) -> dict[str, str]:
         return {wire.NOTIFY_PARAM: "true" if self.params.send_notifications else "false"}

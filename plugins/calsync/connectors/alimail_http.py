@@ -1,6 +1,12 @@
 """HTTP for the Alibaba Mail connector: credentials, the token cache, the retry policy and a
 small synchronous client on ``requests`` (run in the connector's thread pool).
 
+Policy: 429, 408 and 5xx are retried, honouring Retry-After (seconds or an HTTP date) and
+backing off with jitter without it, until the next wait would take the *operation* (a whole
+window read, a create with its look-ups) past ``max_total_wait_s``: then a retriable
+ConnectorError. A TLS failure, a refused login (400/401/403 from the token endpoint) or a
+second 401 is final at once and names the Airflow connection.
+
 Why a retry loop of our own and not urllib3's ``Retry``: calsync needs a bound on the *total*
 time spent waiting (urllib3 caps each sleep, not the sum), a refreshed token after a 401 (a
 transport-level retry would resend the stale header), and a create that is never blindly
@@ -13,17 +19,19 @@ name the Airflow connection, never the secret or a token; a token is never logge
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 import requests
+import urllib3
 
 from calsync.connectors import alimail_wire as wire
 from calsync.errors import ConnectorError
@@ -205,6 +213,20 @@ class AlimailHttp:
         self.attempts: dict[str, int] = {}
         self.waited_s = 0.0
         self._stats_lock = threading.Lock()
+        self._local = threading.local()  # the wait spent by the current operation (per thread)
+
+    @contextlib.contextmanager
+    def operation(self) -> Iterator[None]:
+        """One connector operation (a window read, a create...): every request made inside
+        shares the policy's total wait, however many pages or lookups it takes."""
+        outer = getattr(self._local, "waited", None)
+        if outer is None:
+            self._local.waited = 0.0
+        try:
+            yield
+        finally:
+            if outer is None:
+                del self._local.waited
 
     def close(self) -> None:
         self.session.close()
@@ -314,7 +336,8 @@ class AlimailHttp:
     ) -> requests.Response:
         """Send until the answer is not retriable, honouring Retry-After within the policy's
         total wait. Non-idempotent requests are re-sent only after a refusal (429/503)."""
-        waited = 0.0
+        shared = getattr(self._local, "waited", None) is not None
+        waited = self._local.waited if shared else 0.0
         attempt = 0
         while True:
             attempt += 1
@@ -331,7 +354,7 @@ class AlimailHttp:
                     retriable=False,
                 ) from None
             except (requests.ConnectionError, requests.Timeout) as exc:
-                sent = not isinstance(exc, requests.ConnectTimeout)
+                sent = not _never_sent(exc)
                 if not idempotent and sent:
                     raise AmbiguousWrite(
                         f"Alibaba Mail {kind}: no answer ({type(exc).__name__})", retriable=True
@@ -355,7 +378,8 @@ class AlimailHttp:
                 what = f"HTTP {failure.status}" if failure.status else failure.code
                 raise ConnectorError(
                     f"Alibaba Mail {kind} still failing after {attempt} attempt(s) and "
-                    f"{waited:.1f}s of waiting ({what}"
+                    f"{waited:.1f}s of waiting in this "
+                    f"{'operation' if shared else 'request'} ({what}"
                     + (f", Retry-After {failure.retry_after:g}s" if failure.retry_after else "")
                     + f"; the wait budget is {self.policy.max_total_wait_s:g}s)",
                     status=failure.status,
@@ -370,6 +394,8 @@ class AlimailHttp:
             )
             time.sleep(delay)
             waited += delay
+            if shared:
+                self._local.waited = waited
             with self._stats_lock:
                 self.waited_s += delay
 
@@ -382,6 +408,14 @@ def user_path(template: str, user: str, **parts: str) -> str:
     """A path with the mailbox address and ids percent-encoded (``@`` kept readable)."""
     encoded = {k: quote(v, safe="") for k, v in parts.items()}
     return template.format(user=quote(user, safe="@"), **encoded)
+
+
+def _never_sent(exc: Exception) -> bool:
+    """The request cannot have reached the server (no connection was made)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
 def _tls_reason(text: str) -> str:

@@ -207,7 +207,12 @@ def error_fields(body: Any) -> tuple[str, str, str]:
     """(code, message, request id) of an error body of any of the shapes above."""
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         body = {**body, **body["error"]}
-    code = first(body, ERR_CODE, "")
-    message = first(body, ERR_MESSAGE, "")
-    request_id = first(body, ERR_REQUEST_ID, "")
-    return str(code)[:120], str(message)[:400], str(request_id)[:80]
+
+    def pick(names: tuple[str, ...]) -> str:
+        for name in names:
+            value = body.get(name) if isinstance(body, dict) else None
+            if value not in (None, "") and not isinstance(value, dict | list):
+                return str(value)
+        return ""
+
+    return pick(ERR_CODE)[:120], pick(ERR_MESSAGE)[:400], pick(ERR_REQUEST_ID)[:80]
