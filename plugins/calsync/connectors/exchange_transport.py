@@ -1,0 +1,168 @@
+"""Transport details of the Exchange connector: endpoint, TLS trust, retry budget, log hygiene.
+
+- ``endpoint_for``: the F12 server host (IP or name) → ``https://{host}/EWS/Exchange.asmx``; a
+  full ``http(s)://`` URL is taken as is (tests, emulators, non-default paths or ports).
+- ``trust_ca_bundle``: exchangelib builds its HTTP adapters from the class attribute
+  ``BaseProtocol.HTTP_ADAPTER_CLS``. Ours verifies TLS against the CA bundle registered for the
+  request's host:port and leaves every other host on the default trust store; verification is
+  never switched off.
+- ``BoundedFaultTolerance``: exchangelib's ``FaultTolerance`` honours ErrorServerBusy's
+  ``BackOffMilliseconds`` and a 503's ``Retry-After``, but ``max_wait`` caps each single wait,
+  not their sum, and a 401 is retried as if it were throttling. This subclass keeps a total
+  budget per calling thread (``begin()`` before an operation) — a back-off that would end past
+  it raises ``RateLimitError`` at once, and a shared back-off inherited from another thread
+  never sleeps past it — and treats 401 as the login failure it is.
+- ``install_log_filter``: exchangelib's DEBUG dumps of each request carry its headers
+  (``Authorization``) and mailbox XML; they are dropped so no credential reaches a log (F15).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import requests.adapters
+from exchangelib.errors import RateLimitError, UnauthorizedError
+from exchangelib.protocol import BaseProtocol, FaultTolerance
+from exchangelib.version import Build
+
+EWS_PATH = "/EWS/Exchange.asmx"
+
+
+def endpoint_for(server: str) -> str:
+    """The EWS service endpoint of an Exchange server host, or the URL as given."""
+    value = server.strip()
+    if value.lower().startswith(("http://", "https://")):
+        parts = urlsplit(value)
+        return value if parts.path not in ("", "/") else f"{value.rstrip('/')}{EWS_PATH}"
+    host = value.strip("/")
+    if ":" in host and not host.startswith("[") and host.count(":") > 1:
+        host = f"[{host}]"  # a bare IPv6 address
+    return f"https://{host}{EWS_PATH}"
+
+
+def netloc(url: str) -> str:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{(parts.hostname or '').lower()}:{port}"
+
+
+class _TrustMixin:
+    """Verify TLS against the CA bundle registered for the request's host:port."""
+
+    bundles: ClassVar[dict[str, str]] = {}
+
+    def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        bundle = self.bundles.get(netloc(request.url))
+        if bundle and kwargs.get("verify", True) is not False:
+            kwargs["verify"] = bundle
+        return super().send(request, *args, **kwargs)  # type: ignore[misc]
+
+
+_install_lock = threading.Lock()
+
+
+def trust_ca_bundle(endpoint: str, ca_bundle: str) -> None:
+    """Trust ``ca_bundle`` (a PEM file) for ``endpoint``'s host:port, in this process."""
+    with _install_lock:
+        current = BaseProtocol.HTTP_ADAPTER_CLS
+        if not issubclass(current, _TrustMixin):
+            base = current if issubclass(current, requests.adapters.HTTPAdapter) else None
+            BaseProtocol.HTTP_ADAPTER_CLS = type(
+                "CalsyncTrustAdapter", (_TrustMixin, base or requests.adapters.HTTPAdapter), {}
+            )
+        _TrustMixin.bundles[netloc(endpoint)] = ca_bundle
+
+
+class BoundedFaultTolerance(FaultTolerance):
+    """FaultTolerance with a total back-off budget per operation and 401 as a login failure."""
+
+    def __init__(self, max_wait: float, total_wait: float) -> None:
+        super().__init__(max_wait=max_wait)
+        self.total_wait = total_wait
+        self._local = threading.local()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_local", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._local = threading.local()
+
+    def begin(self) -> None:
+        """Start the budget of one operation in the calling thread."""
+        self._local.deadline = time.monotonic() + self.total_wait
+
+    def end(self) -> None:
+        self._local.deadline = None
+
+    def _remaining(self) -> float | None:
+        deadline = getattr(self._local, "deadline", None)
+        return None if deadline is None else deadline - time.monotonic()
+
+    @property
+    def back_off_until(self) -> dt.datetime | None:
+        until = super().back_off_until
+        remaining = self._remaining()
+        if until is None or remaining is None:
+            return until
+        cap = dt.datetime.now() + dt.timedelta(seconds=max(0.0, remaining))
+        return min(until, cap)
+
+    @back_off_until.setter
+    def back_off_until(self, value: dt.datetime | None) -> None:
+        with self._back_off_lock:
+            self._back_off_until = value
+
+    def back_off(self, seconds: float | None) -> None:
+        wait = self.DEFAULT_BACKOFF if seconds is None else seconds
+        remaining = self._remaining()
+        if remaining is not None and wait > remaining:
+            raise RateLimitError(
+                f"throttled: a back-off of {wait:g}s exceeds what is left of the "
+                f"{self.total_wait:g}s budget",
+                wait=wait,
+            )
+        super().back_off(seconds)
+
+    def raise_response_errors(self, response: Any) -> None:
+        if response.status_code == 401:
+            raise UnauthorizedError(f"Invalid credentials for {response.url}")
+        super().raise_response_errors(response)
+
+
+class _DropRequestDumps(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.INFO
+
+
+_filter = _DropRequestDumps()
+
+
+def install_log_filter() -> None:
+    """Drop exchangelib's DEBUG request/response dumps (they carry Authorization headers)."""
+    for name in (
+        "exchangelib.util",
+        "exchangelib.util.xml",
+        "exchangelib.protocol",
+        "exchangelib.services.common",
+    ):
+        logger = logging.getLogger(name)
+        if _filter not in logger.filters:
+            logger.addFilter(_filter)
+
+
+def parse_build(text: str | None, default: Build) -> Build:
+    """``"15.1.2507.6"`` (or fewer parts) as a Build; ``default`` when empty."""
+    if not text:
+        return default
+    parts = [int(p) for p in str(text).strip().split(".") if p != ""]
+    if not 2 <= len(parts) <= 4:
+        raise ValueError(f"not an Exchange build number: {text!r} (e.g. 15.1.2507.6)")
+    return Build(*parts)
