@@ -3,6 +3,9 @@
 ``ensure_tls(dir)`` makes them with ``trustme`` on first use and reuses them afterwards, so a
 client that trusted the CA once (a CA bundle written by the demo, say) keeps working across
 emulator restarts. A lock file serialises concurrent first starts.
+
+``client_context(ca_file)`` is the client side: an ``ssl.SSLContext`` trusting that CA that one
+``httpx.Client`` can use from many threads at once (see ``StableAlpnContext``).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import datetime as dt
 import fcntl
 import os
 import ssl
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +35,40 @@ class TlsFiles:
         ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
         ctx.set_alpn_protocols(["http/1.1"])
         return ctx
+
+
+class StableAlpnContext(ssl.SSLContext):
+    """An ``SSLContext`` whose ALPN list, once set, is not set again to the same value.
+
+    httpcore calls ``ssl_context.set_alpn_protocols(...)`` on the client's (shared) context for
+    every new connection. CPython then frees the context's ALPN buffer in OpenSSL
+    (``SSL_CTX_set_alpn_protos``) while another thread may be in ``SSL_new`` on the same context,
+    which runs with the GIL released and copies that buffer: a use-after-free. The copy then holds
+    malloc's free-list bytes, the ClientHello carries a malformed ALPN extension and the server
+    rightly answers with a ``decode_error`` alert (``httpx.ConnectError: [SSL:
+    TLSV1_ALERT_DECODE_ERROR]``), now and then, when threads open connections at the same time.
+    Setting the same list again is a no-op here, so the buffer is never freed under a reader.
+    """
+
+    _alpn: tuple[str, ...] | None = None
+
+    def set_alpn_protocols(self, alpn_protocols: Iterable[str]) -> None:
+        protocols = tuple(alpn_protocols)
+        if protocols == self._alpn:
+            return
+        super().set_alpn_protocols(protocols)  # a change is still racy: set it before sharing
+        self._alpn = protocols
+
+
+def client_context(
+    ca_file: Path | str, alpn_protocols: Iterable[str] = ("http/1.1",)
+) -> ssl.SSLContext:
+    """A client context trusting ``ca_file`` (like ``ssl.create_default_context(cafile=...)``),
+    safe to share between threads through one httpx client; see ``StableAlpnContext``."""
+    ctx = StableAlpnContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the host name
+    ctx.load_verify_locations(cafile=str(ca_file))
+    ctx.set_alpn_protocols(alpn_protocols)  # what httpcore will ask for (http2: add "h2")
+    return ctx
 
 
 def _files(directory: Path) -> TlsFiles:

@@ -110,7 +110,10 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
-    request_queue_size = 256
+    # listen backlog: a burst of connects beyond it overflows the accept queue and, with SYN
+    # cookies, some connections are reset (ECONNRESET) and others wait for SYN retransmits.
+    # Benchmarks open thousands at once; the kernel caps this at net.core.somaxconn.
+    request_queue_size = 4096
 
     def __init__(self, address: tuple[str, int], emulator: GraphEmulator, tls: TlsFiles) -> None:
         super().__init__(address, _Handler)

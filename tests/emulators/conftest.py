@@ -3,7 +3,6 @@ and a small httpx client that holds a token."""
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import httpx
 import pytest
 
 from emulators.graph import GraphEmulator
+from emulators.tls import client_context
 
 MAILBOXES = ("alice@contoso.com", "bob@contoso.com", "carol@contoso.com", "room1@contoso.com")
 
@@ -39,14 +39,28 @@ def emu(graph_emulator: GraphEmulator) -> GraphEmulator:
 
 
 class GraphClient:
-    """httpx against the emulator, trusting its CA; ``token`` is fetched on first use."""
+    """httpx against the emulator, trusting its CA; ``token`` is fetched on first use.
 
-    def __init__(self, emu: GraphEmulator) -> None:
+    Tests share ``http`` between threads: its context comes from ``client_context``, since with
+    a plain ``ssl.create_default_context`` httpcore's per-connection ``set_alpn_protocols``
+    races with ``SSL_new`` in other threads and now and then sends a malformed ClientHello.
+    """
+
+    def __init__(
+        self,
+        emu: GraphEmulator,
+        *,
+        token: str | None = None,
+        timeout: float = 10,
+        limits: httpx.Limits | None = None,
+    ) -> None:
         self.emu = emu
         self.http = httpx.Client(
-            verify=ssl.create_default_context(cafile=str(emu.ca_file)), timeout=10
+            verify=client_context(emu.ca_file),
+            timeout=timeout,
+            limits=limits or httpx.Limits(max_connections=100, max_keepalive_connections=20),
         )
-        self._token: str | None = None
+        self._token = token
 
     def request_token(self, **form: str) -> httpx.Response:
         data = {

@@ -570,6 +570,43 @@ def test_per_mailbox_concurrency_limit(client: GraphClient, emu: GraphEmulator) 
     assert seen[A] in (3, 4) and seen[B] == 2
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["own-clients", "one-shared-client"])
+def test_many_concurrent_tls_clients(client: GraphClient, emu: GraphEmulator, shared: bool) -> None:
+    """200 clients at once, each on a fresh TLS connection, all answered: the listen backlog
+    holds the burst, and threads sharing one client open connections without the ALPN race
+    (see ``emulators.tls.StableAlpnContext``)."""
+    count = 200
+    mailboxes = [f"load{i}@contoso.com" for i in range(count)]
+    for address in mailboxes:
+        emu.store.add_mailbox(address, address)
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    clients = [
+        GraphClient(emu, token=client.token, timeout=60, limits=limits)
+        for _ in range(1 if shared else count)
+    ]
+    barrier = threading.Barrier(count)
+    outcomes: list[int | str] = []
+
+    def one(i: int) -> None:
+        barrier.wait()
+        try:
+            outcomes.append(_view_once(clients[0 if shared else i], mailboxes[i]).status_code)
+        except httpx.HTTPError as exc:
+            outcomes.append(repr(exc))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        for each in clients:
+            each.close()
+    assert sorted(outcomes, key=str) == [200] * count
+    assert emu.stats["by_kind"]["calendarView"] == count
+
+
 # --- control API, seed, CLI ------------------------------------------------------------------
 
 
