@@ -28,6 +28,7 @@ from calsync.sync.plan import (
     Prepared,
     Skip,
     Update,
+    event_extent,
 )
 
 
@@ -249,16 +250,17 @@ def _write_participants(conn: sa.Connection, schedule_id: int, data: ScheduleDat
 
 def _link_values(item: Prepared) -> dict[str, Any]:
     event = item.event
+    start_utc, end_utc, start_date, end_date = event_extent(event)
     return {
         "suite_id": event.suite_id,
         "ical_uid": event.ical_uid[:400],
         "identity_key": event.identity_key[:400],
         "change_key": event.change_key[:200],
         "content_hash": item.hash,
-        "event_start_utc": _naive(event.start),
-        "event_end_utc": _naive(event.end),
-        "event_start_date": event.start_date,
-        "event_end_date": event.end_date,
+        "event_start_utc": start_utc,
+        "event_end_utc": end_utc,
+        "event_start_date": start_date,
+        "event_end_date": end_date,
     }
 
 

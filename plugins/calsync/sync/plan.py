@@ -48,14 +48,17 @@ class LinkRow:
     event_end_date: dt.date | None = None
 
     def in_window(self, window: Window) -> bool:
+        """Whether the suite's read of ``window`` covers the event as last seen. The UTC
+        extent decides when known (all-day events too: the suite places them at midnight in
+        their own zone, so one near the window's edge may be read or not, whatever its dates
+        say); dates only for links stored without it."""
+        if self.event_start_utc is not None:
+            start = self.event_start_utc.replace(tzinfo=dt.UTC)  # the OA stores naive UTC
+            end = self.event_end_utc.replace(tzinfo=dt.UTC) if self.event_end_utc else start
+            return window.overlaps(start, end)
         if self.event_start_date is not None:
             return window.overlaps(None, None, self.event_start_date, self.event_end_date)
-        if self.event_start_utc is None:
-            return False  # extent unknown: never delete on a guess
-        # the OA stores naive UTC
-        start = self.event_start_utc.replace(tzinfo=dt.UTC)
-        end = self.event_end_utc.replace(tzinfo=dt.UTC) if self.event_end_utc else start
-        return window.overlaps(start, end)
+        return False  # extent unknown: never delete on a guess
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,19 +142,42 @@ class MailboxPlan:
         return [a for a in self.actions if isinstance(a, kind)]
 
 
-def _extent_differs(link: LinkRow, event: SuiteEvent) -> bool:
+Extent = tuple[dt.datetime | None, dt.datetime | None, dt.date | None, dt.date | None]
+
+
+def event_extent(event: SuiteEvent) -> Extent:
+    """(start, end) as naive UTC and (start date, end date) of an event, as links store them.
+    An all-day event's UTC extent is midnight to midnight in its own zone: where the suite
+    places it when it answers a window read."""
+
     def naive(value: dt.datetime | None) -> dt.datetime | None:
         return value.astimezone(dt.UTC).replace(tzinfo=None) if value else None
 
+    if event.all_day and event.start_date is not None:
+        import zoneinfo
+
+        try:
+            zone: dt.tzinfo = zoneinfo.ZoneInfo(event.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            zone = dt.UTC
+        last = event.end_date or event.start_date + dt.timedelta(days=1)
+        start = dt.datetime.combine(event.start_date, dt.time(), zone)
+        end = dt.datetime.combine(last, dt.time(), zone)
+        return naive(start), naive(end), event.start_date, event.end_date
+    return naive(event.start), naive(event.end), event.start_date, event.end_date
+
+
+def _extent_differs(link: LinkRow, event: SuiteEvent) -> bool:
     def strip(value: dt.datetime | None) -> dt.datetime | None:
         return value.replace(tzinfo=None) if value else None
 
-    return (
-        strip(link.event_start_utc) != naive(event.start)
-        or strip(link.event_end_utc) != naive(event.end)
-        or link.event_start_date != event.start_date
-        or link.event_end_date != event.end_date
+    stored = (
+        strip(link.event_start_utc),
+        strip(link.event_end_utc),
+        link.event_start_date,
+        link.event_end_date,
     )
+    return stored != event_extent(event)
 
 
 def plan_mailbox(
@@ -246,7 +272,8 @@ def plan_mailbox(
     for link in links:
         if partial and link.suite_id not in touched:
             continue  # its event did not change
-        if link.id not in kept and link.in_window(window):
+        # a link whose event this read returned but filtered out is gone whatever its dates
+        if link.id not in kept and (link.id in dropped_because or link.in_window(window)):
             reason = dropped_because.get(link.id, "no longer in the mailbox's calendar")
             plan.actions.append(Drop(link, reason))
     return plan
