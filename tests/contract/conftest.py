@@ -19,6 +19,8 @@ from calsync.connectors.base import SuiteConnector, connector_for
 from tests.integration.conftest import GRAPH_CONN
 
 ZONE = "Asia/Shanghai"
+EWS_CONN = "calsync_ews_contract"
+ALIMAIL_CONN = "calsync_alimail_contract"
 
 
 @dataclass
@@ -95,14 +97,138 @@ class GraphEnv:
         return connector_for(self.config)
 
 
-@pytest.fixture(params=["office365"])
-def suite(request: pytest.FixtureRequest) -> Iterator[ContractEnv]:
+class ExchangeEnv:
+    name = "exchange"
+    mailbox = "lina@contoso.com"
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.config = parse_integration(
+            Path("contract_exchange.yaml"),
+            f"name: contract\ntype: exchange\nconnection_id: {EWS_CONN}\ntimezone: {ZONE}\n"
+            f"exchange: {{server: '{server.service_endpoint}'}}\n",
+        )
+
+    def seed(self, mailbox: str, events: list[Seed]) -> None:
+        if not self.server.store.has_mailbox(mailbox):
+            self.server.store.add_mailbox(mailbox)
+        for ev in events:
+            if ev.start_date is not None:
+                assert ev.end_date is not None
+                body = {"start": ev.start_date.isoformat(), "end": ev.end_date.isoformat()}
+            else:
+                assert ev.start is not None and ev.end is not None
+                body = {
+                    "start": ev.start.astimezone(dt.UTC).isoformat(),
+                    "end": ev.end.astimezone(dt.UTC).isoformat(),
+                }
+            self.server.store.add_event(
+                mailbox, {"subject": ev.subject, "timezone": ZONE, **body}, deliver=False
+            )
+
+    def count(self, mailbox: str) -> int:
+        return len(self.server.store.events(mailbox))
+
+    def throttle(self, rate_429: float, retry_after_s: int) -> None:
+        self.server.faults.rate_server_busy = rate_429
+        self.server.faults.back_off_ms = retry_after_s * 1000
+
+    def violations(self) -> int:
+        return int(self.server.stats["backoff_violations"])
+
+    def connector(self) -> SuiteConnector:
+        return connector_for(self.config)
+
+
+class AlimailEnv:
+    name = "alimail_v2"
+    mailbox = "lina@example.com"
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.config = parse_integration(
+            Path("contract_alimail.yaml"),
+            f"name: contract\ntype: alimail_v2\nconnection_id: {ALIMAIL_CONN}\ntimezone: {ZONE}\n"
+            f"alimail: {{endpoint: '{server.endpoint}'}}\n",
+        )
+
+    def seed(self, mailbox: str, events: list[Seed]) -> None:
+        if not self.server.store.has_mailbox(mailbox):
+            self.server.store.add_mailbox(mailbox)
+        for ev in events:
+            if ev.start_date is not None:
+                assert ev.end_date is not None
+                body = {
+                    "isAllDay": True,
+                    "start": {"date": ev.start_date.isoformat()},
+                    "end": {"date": ev.end_date.isoformat()},
+                    "timeZone": ZONE,
+                }
+            else:
+                assert ev.start is not None and ev.end is not None
+                fmt = "%Y-%m-%dT%H:%M:%S"
+                body = {
+                    "start": {
+                        "dateTime": ev.start.astimezone(dt.UTC).strftime(fmt),
+                        "timeZone": "UTC",
+                    },
+                    "end": {"dateTime": ev.end.astimezone(dt.UTC).strftime(fmt), "timeZone": "UTC"},
+                }
+            self.server.store.add_event(mailbox, {"subject": ev.subject, **body})
+
+    def count(self, mailbox: str) -> int:
+        return len(self.server.store.events(mailbox))
+
+    def throttle(self, rate_429: float, retry_after_s: int) -> None:
+        self.server.faults.rate_429 = rate_429
+        self.server.faults.retry_after_s = retry_after_s
+
+    def violations(self) -> int:
+        return int(self.server.stats["retry_after_violations"])
+
+    def connector(self) -> SuiteConnector:
+        return connector_for(self.config)
+
+
+@pytest.fixture(scope="session")
+def ews_server() -> Iterator[Any]:
+    from emulators.ews import EwsEmulator
+
+    emu = EwsEmulator().start()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture(scope="session")
+def alimail_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from emulators.alimail import AlimailEmulator
+
+    emu = AlimailEmulator(tls_dir=tmp_path_factory.mktemp("alimail-tls"))
+    emu.start()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture(params=["office365", "exchange", "alimail_v2"])
+def suite(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[ContractEnv]:
+    """Each connector against its emulator, built by ``connector_for`` from an integration
+    config and an ``AIRFLOW_CONN_*`` connection, as in a task."""
+    env: Any
     if request.param == "office365":
         server = request.getfixturevalue("graph_server")
-        server.reset()
-        server.store.add_mailbox(GraphEnv.mailbox)
-        yield GraphEnv(server)
-        server.reset()
+        env = GraphEnv(server)
+    elif request.param == "exchange":
+        server = request.getfixturevalue("ews_server")
+        monkeypatch.setenv(f"AIRFLOW_CONN_{EWS_CONN.upper()}", server.airflow_conn_json())
+        env = ExchangeEnv(server)
+    else:
+        server = request.getfixturevalue("alimail_server")
+        monkeypatch.setenv(f"AIRFLOW_CONN_{ALIMAIL_CONN.upper()}", server.airflow_conn_json())
+        env = AlimailEnv(server)
+    server.reset()
+    server.store.add_mailbox(env.mailbox)
+    yield env
+    server.reset()
 
 
 from tests.integration.conftest import graph_server  # noqa: E402,F401 - shared session fixture
