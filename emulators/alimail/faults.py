@@ -10,13 +10,14 @@ as a violation and is refused again.
 
 from __future__ import annotations
 
-import random
-import threading
-import time
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import unquote
+
+from emulators.common.throttle import StatsBase, ThrottleBase, retry_after_text
+
+__all__ = ["FailSpec", "Faults", "Stats", "Throttle", "Verdict", "retry_after_text"]
 
 
 @dataclass
@@ -76,17 +77,8 @@ class Faults:
         return out
 
 
-def retry_after_text(seconds: float) -> str:
-    """Whole seconds as an integer, fractions as given."""
-    return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
-
-
-class Stats:
+class Stats(StatsBase):
     """Counters; attributes or one JSON-able ``snapshot()`` (also ``stats["name"]``)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.reset()
 
     def reset(self) -> None:
         with self._lock:
@@ -121,10 +113,6 @@ class Stats:
             elif status >= 500:
                 self.errors_5xx += 1
 
-    def add(self, name: str, count: int = 1) -> None:
-        with self._lock:
-            setattr(self, name, getattr(self, name) + count)
-
     def concurrency(self, tenant: str, in_flight: int) -> None:
         with self._lock:
             if in_flight > self.max_concurrency_seen.get(tenant, 0):
@@ -135,9 +123,6 @@ class Stats:
         with self._lock:
             getattr(self, kind)[recipient] += 1
             self.notifications[recipient] += 1
-
-    def __getitem__(self, name: str) -> Any:
-        return self.snapshot()[name]
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -170,22 +155,11 @@ class Verdict:
     retry_after: float | None = None
 
 
-class Throttle:
+class Throttle(ThrottleBase):
     """Applies ``Faults``; one per emulator, shared by the handler threads."""
 
-    def __init__(self, faults: Faults, stats: Stats, seed: int = 0) -> None:
-        self.faults = faults
-        self.stats = stats
-        self._lock = threading.Lock()
-        self._seed = seed
-        self._rng = random.Random(seed)
-        self._not_before: dict[tuple[str, str], float] = {}
-        self._in_flight: Counter[str] = Counter()
-
-    def reset(self) -> None:
-        with self._lock:
-            self._rng = random.Random(self._seed)
-            self._not_before.clear()
+    faults: Faults
+    stats: Stats
 
     def take_fail_next(self, method: str, target: str) -> FailSpec | None:
         """The first matching ``fail_next`` entry (path as sent or percent-decoded), consumed."""
@@ -201,10 +175,9 @@ class Throttle:
 
     def check_window(self, client: str, mailbox: str) -> Verdict | None:
         with self._lock:
-            until = self._not_before.get((client, mailbox))
-            if until is None or time.monotonic() >= until:
+            remaining = self._wait_left((client, mailbox))
+            if remaining is None:
                 return None
-            remaining = until - time.monotonic()
         self.stats.add("retry_after_violations")
         return Verdict(
             429,
@@ -215,10 +188,8 @@ class Throttle:
 
     def enter(self, tenant: str) -> Verdict | None:
         with self._lock:
-            self._in_flight[tenant] += 1
-            in_flight = self._in_flight[tenant]
-            if in_flight > self.faults.per_tenant_concurrency:
-                self._in_flight[tenant] -= 1
+            over, in_flight = self._enter(tenant, self.faults.per_tenant_concurrency)
+            if over:
                 verdict: Verdict | None = Verdict(
                     429,
                     "Throttling.Concurrency",
@@ -232,9 +203,7 @@ class Throttle:
 
     def leave(self, tenant: str) -> None:
         with self._lock:
-            self._in_flight[tenant] -= 1
-            if self._in_flight[tenant] <= 0:
-                del self._in_flight[tenant]
+            self._leave(tenant)
 
     def random_fault(self) -> Verdict | None:
         with self._lock:
@@ -260,4 +229,4 @@ class Throttle:
         if mailbox is None:
             return
         with self._lock:
-            self._not_before[(client, mailbox)] = time.monotonic() + seconds
+            self._hold((client, mailbox), seconds)

@@ -16,15 +16,10 @@ counted):
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import socket
-import ssl
-import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -33,35 +28,19 @@ from emulators.alimail.api import AlimailApi, Request, Response, api_error
 from emulators.alimail.auth import TOKEN_LIFETIME_S, Apps
 from emulators.alimail.faults import Faults, Stats, Throttle
 from emulators.alimail.store import AlimailError, Store
+from emulators.common.http import EmulatorHandler, EmulatorServer, ServedEmulator
 from emulators.tls import TlsFiles, ensure_tls
 
 log = logging.getLogger("emulators.alimail")
 
 DEFAULT_APP_ID = "calsync-app"
 DEFAULT_APP_SECRET = "alimail-s3cr3t"  # a test secret, the emulator's only one
-IDLE_TIMEOUT_S = 120
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(EmulatorHandler):
     server_version = "AlimailEmulator/1.0"
-    timeout = IDLE_TIMEOUT_S
-    disable_nagle_algorithm = True
+    logger = log
     server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.track(self.connection, True)
-        self.connection.do_handshake()  # type: ignore[attr-defined]
-
-    def finish(self) -> None:
-        with contextlib.suppress(OSError):
-            super().finish()
-        self.server.track(self.connection, False)
-
-    def handle(self) -> None:
-        with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
-            super().handle()
 
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -72,59 +51,24 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # an emulator bug: answer, keep serving
             log.exception("emulator error on %s %s", self.command, self.path)
             response = api_error(500, wire.CODE_INTERNAL, f"emulator error: {exc!r}")
-        payload = response.payload()
-        self.send_response(response.status)
-        for name, value in response.headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        if payload:
-            self.wfile.write(payload)
+        self.send(response.status, response.payload(), response.headers)
 
     do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.info("%s " + format, self.address_string(), *args)
+
+class _Server(EmulatorServer):
+    handler_class = _Handler
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-    request_queue_size = 256
-
-    def __init__(self, address: tuple[str, int], emulator: AlimailEmulator, tls: TlsFiles):
-        super().__init__(address, _Handler)
-        self.emulator = emulator
-        self.socket = tls.server_context().wrap_socket(
-            self.socket, server_side=True, do_handshake_on_connect=False
-        )
-        self._connections: set[socket.socket] = set()
-        self._lock = threading.Lock()
-
-    def track(self, conn: socket.socket, open_: bool) -> None:
-        with self._lock:
-            (self._connections.add if open_ else self._connections.discard)(conn)
-
-    def close_connections(self) -> None:
-        with self._lock:
-            conns = list(self._connections)
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError, TimeoutError, OSError)):
-            return
-        super().handle_error(request, client_address)
-
-
-class AlimailEmulator:
+class AlimailEmulator(ServedEmulator):
     """A local Alibaba Mail V2 open API (calendar subset) over HTTPS.
 
     ``store`` (mailboxes, calendars, events), ``faults``, ``stats``; ``start()``, ``stop()``,
     ``reset()``; ``endpoint`` (``https://127.0.0.1:PORT``), ``ca_file`` (the CA to trust).
     """
+
+    server_class = _Server
+    thread_name = "alimail-emulator"
 
     def __init__(
         self,
@@ -155,35 +99,9 @@ class AlimailEmulator:
 
     # --- lifecycle ---
 
-    def start(self) -> AlimailEmulator:
-        if self._server is not None:
-            return self
+    def _server_tls(self) -> TlsFiles:
         self.tls = ensure_tls(self.tls_dir)
-        self._server = _Server((self.host, self._requested_port), self, self.tls)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"alimail-emulator-{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def __enter__(self) -> AlimailEmulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return self.tls
 
     def reset(self) -> None:
         """Empty store, default faults, zeroed stats and throttling state (tokens stay valid)."""
@@ -212,12 +130,6 @@ class AlimailEmulator:
         return self.store.load_seed(seed)  # type: ignore[arg-type]
 
     # --- addresses ---
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("the emulator is not running")
-        return int(self._server.server_address[1])
 
     @property
     def endpoint(self) -> str:

@@ -11,14 +11,10 @@ exit). SIGTERM and SIGINT stop it cleanly (exit status 0). Without --tls-dir it 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import os
-import signal
 import sys
-import threading
 from pathlib import Path
 
+from emulators.common.cli import run
 from emulators.ews.server import DEFAULT_SERVICE_LOGIN, DEFAULT_SERVICE_PASSWORD, EwsEmulator
 
 
@@ -39,43 +35,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rng-seed", type=int, default=0, help="seed of the fault RNG")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(message)s",
-        stream=sys.stderr,
+    return run(
+        args,
+        lambda: EwsEmulator(
+            tls_dir=args.tls_dir,
+            port=args.port,
+            host=args.host,
+            service_login=args.service_login,
+            service_password=args.service_password,
+            impersonation_allowed=not args.no_impersonation,
+            auth=args.auth,
+            latency_ms=args.latency_ms,
+            seed=args.rng_seed,
+        ),
     )
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-
-    emulator = EwsEmulator(
-        tls_dir=args.tls_dir,
-        port=args.port,
-        host=args.host,
-        service_login=args.service_login,
-        service_password=args.service_password,
-        impersonation_allowed=not args.no_impersonation,
-        auth=args.auth,
-        latency_ms=args.latency_ms,
-        seed=args.rng_seed,
-    )
-    if args.seed:
-        emulator.load_seed(args.seed)
-    emulator.start()
-    try:
-        state = json.dumps(emulator.state(), ensure_ascii=False)
-        if args.state_file:
-            tmp = args.state_file.with_name(f".{args.state_file.name}.tmp")
-            tmp.write_text(state + "\n", encoding="utf-8")
-            os.replace(tmp, args.state_file)
-        print(state, flush=True)
-        while not stop.wait(0.5):
-            pass
-    finally:
-        emulator.stop()
-        if args.state_file:
-            args.state_file.unlink(missing_ok=True)
-    return 0
 
 
 if __name__ == "__main__":

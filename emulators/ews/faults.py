@@ -16,12 +16,12 @@ elapsed counts in ``stats.backoff_violations`` and is answered busy again.
 
 from __future__ import annotations
 
-import random
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+from emulators.common.throttle import StatsBase, ThrottleBase
 
 
 @dataclass
@@ -77,12 +77,8 @@ class LoggedRequest:
     outcome: str  # "ok", "ErrorServerBusy", "503", "401", an error code...
 
 
-class Stats:
+class Stats(StatsBase):
     """Counters; read them as attributes or ``snapshot()`` (``stats["server_busy"]`` too)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.reset()
 
     def reset(self) -> None:
         with self._lock:
@@ -117,16 +113,9 @@ class Stats:
             elif status == 401:
                 self.unauthorized_401 += 1
 
-    def add(self, name: str, count: int = 1) -> None:
-        with self._lock:
-            setattr(self, name, getattr(self, name) + count)
-
     def scheme(self, name: str) -> None:
         with self._lock:
             self.auth_schemes[name] += 1
-
-    def __getitem__(self, name: str) -> Any:
-        return self.snapshot()[name]
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -145,30 +134,19 @@ class Stats:
             }
 
 
-class Throttle:
+class Throttle(ThrottleBase):
     """Applies ``Faults``; one per emulator, shared by the handler threads."""
 
-    def __init__(self, faults: Faults, stats: Stats, seed: int = 0) -> None:
-        self.faults = faults
-        self.stats = stats
-        self._seed = seed
-        self._rng = random.Random(seed)
-        self._lock = threading.Lock()
-        self._not_before: dict[str, float] = {}
-
-    def reset(self) -> None:
-        with self._lock:
-            self._rng = random.Random(self._seed)
-            self._not_before.clear()
+    faults: Faults
+    stats: Stats
 
     def verdict(self, operation: str, login: str) -> Verdict | None:
         """The fault to answer this request with, if any (and remembers back-off windows)."""
         with self._lock:
-            until = self._not_before.get(login)
-            if until is not None and time.monotonic() < until:
+            left = self._wait_left(login)
+            if left is not None:
                 self.stats.add("backoff_violations")
-                remaining = max(1, int((until - time.monotonic()) * 1000))
-                return Verdict("busy", back_off_ms=remaining)
+                return Verdict("busy", back_off_ms=max(1, int(left * 1000)))
             chosen = None
             for index, (wanted, fault) in enumerate(self.faults.fail_next):
                 if wanted in ("*", operation):
@@ -190,7 +168,7 @@ class Throttle:
                     else 0
                 )
                 if wait:
-                    self._not_before[login] = time.monotonic() + wait
+                    self._hold(login, wait)
             return chosen
 
     def _from_fault(self, fault: Any) -> Verdict:

@@ -11,19 +11,16 @@ lives as long as its connection, so an NTLM handshake authenticates that connect
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import logging
 import os
-import socket
-import ssl
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from emulators.common.http import EmulatorHandler, EmulatorServer, ServedEmulator
 from emulators.ews import auth as ntlm
 from emulators.ews.faults import Faults, Stats, Throttle, Verdict
 from emulators.ews.service import WRITE_OPERATIONS, Service, SoapFault
@@ -45,7 +42,6 @@ log = logging.getLogger("emulators.ews")
 ENDPOINT = "/ews/exchange.asmx"
 DEFAULT_SERVICE_LOGIN = "svc-calsync@contoso.com"
 DEFAULT_SERVICE_PASSWORD = "Svc-Calsync-Passw0rd!"  # a test secret, the emulator's own
-IDLE_TIMEOUT_S = 120
 
 
 @dataclass
@@ -56,61 +52,19 @@ class Account:
     impersonate: bool = False
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(EmulatorHandler):
     server_version = "Microsoft-IIS/10.0"
-    timeout = IDLE_TIMEOUT_S
-    disable_nagle_algorithm = True
+    logger = log
     server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.track(self.connection, True)
-        if isinstance(self.connection, ssl.SSLSocket):
-            self.connection.do_handshake()
-        self.ntlm_login: str | None = None
-        self.ntlm_challenge: bytes | None = None
-
-    def finish(self) -> None:
-        with contextlib.suppress(OSError):
-            super().finish()
-        self.server.track(self.connection, False)
-
-    def handle(self) -> None:
-        with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
-            super().handle()
-
-    def _read_body(self) -> bytes:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline().strip():
-                        pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
-
-    def _send(
-        self, status: int, body: bytes, headers: dict[str, str] | list[tuple[str, str]]
-    ) -> None:
-        self.send_response(status)
-        items = headers.items() if isinstance(headers, dict) else headers
-        for name, value in items:
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if body:
-            self.wfile.write(body)
+    # the handler lives as long as its connection: an NTLM handshake authenticates that
+    ntlm_login: str | None = None
+    ntlm_challenge: bytes | None = None
 
     def do_POST(self) -> None:
-        body = self._read_body()
+        body = self.read_body()
         emu = self.server.emulator
         if self.path.split("?", 1)[0].lower() != ENDPOINT:
-            self._send(404, b"Not Found", {"Content-Type": "text/plain"})
+            self.send(404, b"Not Found", {"Content-Type": "text/plain"})
             return
         login, scheme, challenge_header = self._authenticate(emu)
         if login is None:
@@ -124,7 +78,7 @@ class _Handler(BaseHTTPRequestHandler):
                     headers.append(("WWW-Authenticate", "NTLM"))
                 if emu.auth in ("basic", "both"):
                     headers.append(("WWW-Authenticate", f'Basic realm="{emu.host}"'))
-            self._send(401, b"401 - Unauthorized: Access is denied.", headers)
+            self.send(401, b"401 - Unauthorized: Access is denied.", headers)
             return
         try:
             status, payload, extra = emu.serve(body, login, scheme)
@@ -135,11 +89,11 @@ class _Handler(BaseHTTPRequestHandler):
                 "ErrorInternalServerError", f"emulator error: {exc!r}", emu.version, "Exchange2016"
             )
         emu.stats.status(status)
-        self._send(status, payload, {"Content-Type": XML_TYPE, **extra})
+        self.send(status, payload, {"Content-Type": XML_TYPE, **extra})
 
     def do_GET(self) -> None:
-        self._read_body()
-        self._send(405, b"Method Not Allowed", {"Content-Type": "text/plain", "Allow": "POST"})
+        self.read_body()
+        self.send(405, b"Method Not Allowed", {"Content-Type": "text/plain", "Allow": "POST"})
 
     def _authenticate(self, emu: EwsEmulator) -> tuple[str | None, str, str | None]:
         """(login or None, scheme, a WWW-Authenticate value to send with the 401)."""
@@ -174,49 +128,16 @@ class _Handler(BaseHTTPRequestHandler):
             return self.ntlm_login, "ntlm", None
         return None, scheme or "none", None
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.info("%s " + format, self.address_string(), *args)
+
+class _Server(EmulatorServer):
+    handler_class = _Handler
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-    request_queue_size = 256
-
-    def __init__(
-        self, address: tuple[str, int], emulator: EwsEmulator, tls: TlsFiles | None
-    ) -> None:
-        super().__init__(address, _Handler)
-        self.emulator = emulator
-        if tls is not None:
-            self.socket = tls.server_context().wrap_socket(
-                self.socket, server_side=True, do_handshake_on_connect=False
-            )
-        self._connections: set[socket.socket] = set()
-        self._lock = threading.Lock()
-
-    def track(self, conn: socket.socket, open_: bool) -> None:
-        with self._lock:
-            (self._connections.add if open_ else self._connections.discard)(conn)
-
-    def close_connections(self) -> None:
-        with self._lock:
-            conns = list(self._connections)
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        import sys
-
-        if isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError, TimeoutError, OSError)):
-            return
-        super().handle_error(request, client_address)
-
-
-class EwsEmulator:
+class EwsEmulator(ServedEmulator):
     """A local Exchange Web Services endpoint (calendar subset); see the package docstring."""
+
+    server_class = _Server
+    thread_name = "ews-emulator"
 
     def __init__(
         self,
@@ -257,36 +178,10 @@ class EwsEmulator:
 
     # --- lifecycle ---
 
-    def start(self) -> EwsEmulator:
-        if self._server is not None:
-            return self
+    def _server_tls(self) -> TlsFiles | None:
         if self.tls_dir is not None:
             self.tls = ensure_tls(self.tls_dir)
-        self._server = _Server((self.host, self._requested_port), self, self.tls)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"ews-emulator-{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def __enter__(self) -> EwsEmulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return self.tls
 
     def reset(self) -> None:
         """Empty store, records and messages; default faults; zeroed stats; impersonation
@@ -372,12 +267,6 @@ class EwsEmulator:
         return self.store.events(mailbox, folder)
 
     # --- addresses ---
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("the emulator is not running")
-        return int(self._server.server_address[1])
 
     @property
     def scheme(self) -> str:

@@ -9,13 +9,14 @@ four concurrent requests per app and mailbox).
 
 from __future__ import annotations
 
-import random
-import threading
-import time
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import unquote
+
+from emulators.common.throttle import StatsBase, ThrottleBase, retry_after_text
+
+__all__ = ["Faults", "Stats", "Throttle", "Verdict", "retry_after_text"]
 
 
 @dataclass
@@ -52,17 +53,9 @@ def _fail_entry(entry: Any) -> tuple[str, int]:
     return str(path), int(status)
 
 
-def retry_after_text(seconds: float) -> str:
-    """Whole seconds as an integer (what Graph sends), fractions as given."""
-    return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
-
-
-class Stats:
-    """Counters; read them as attributes or as one JSON-able ``snapshot()``."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.reset()
+class Stats(StatsBase):
+    """Counters; read them as attributes or as one JSON-able ``snapshot()``
+    (``stats["throttled_429"]``: one value of it)."""
 
     def reset(self) -> None:
         with self._lock:
@@ -94,10 +87,6 @@ class Stats:
             elif status == 503:
                 self.unavailable_503 += 1
 
-    def add(self, name: str, count: int = 1) -> None:
-        with self._lock:
-            setattr(self, name, getattr(self, name) + count)
-
     def concurrency(self, mailbox: str, in_flight: int) -> None:
         with self._lock:
             if in_flight > self.max_concurrency_seen.get(mailbox, 0):
@@ -107,10 +96,6 @@ class Stats:
         """Meeting messages sent by ``mailbox`` (kind: invitations/updates/cancellations_sent)."""
         with self._lock:
             getattr(self, kind)[mailbox] += count
-
-    def __getitem__(self, name: str) -> Any:
-        """``stats["throttled_429"]``: a value of ``snapshot()``."""
-        return self.snapshot()[name]
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -140,22 +125,11 @@ class Verdict:
     retry_after: float | None = None
 
 
-class Throttle:
+class Throttle(ThrottleBase):
     """Applies ``Faults`` to requests; one instance per emulator, shared by handler threads."""
 
-    def __init__(self, faults: Faults, stats: Stats, seed: int = 0) -> None:
-        self.faults = faults
-        self.stats = stats
-        self._lock = threading.Lock()
-        self._rng = random.Random(seed)
-        self._seed = seed
-        self._not_before: dict[tuple[str, str], float] = {}
-        self._in_flight: Counter[str] = Counter()
-
-    def reset(self) -> None:
-        with self._lock:
-            self._rng = random.Random(self._seed)
-            self._not_before.clear()
+    faults: Faults
+    stats: Stats
 
     def take_fail_next(self, target: str) -> int | None:
         """The status of the first ``fail_next`` entry found in the request target, as sent or
@@ -171,8 +145,7 @@ class Throttle:
     def check_window(self, client: str, mailbox: str) -> Verdict | None:
         """A violation verdict when the client comes back before its Retry-After elapsed."""
         with self._lock:
-            until = self._not_before.get((client, mailbox))
-            if until is None or time.monotonic() >= until:
+            if self._wait_left((client, mailbox)) is None:
                 return None
         self.stats.add("retry_after_violations")
         return Verdict(
@@ -185,10 +158,8 @@ class Throttle:
     def enter(self, mailbox: str) -> Verdict | None:
         """Count a request in flight for ``mailbox``; a verdict if that exceeds the cap."""
         with self._lock:
-            self._in_flight[mailbox] += 1
-            in_flight = self._in_flight[mailbox]
-            if in_flight > self.faults.per_mailbox_concurrency:
-                self._in_flight[mailbox] -= 1
+            over, in_flight = self._enter(mailbox, self.faults.per_mailbox_concurrency)
+            if over:
                 verdict: Verdict | None = Verdict(
                     429,
                     "ApplicationThrottled",
@@ -202,9 +173,7 @@ class Throttle:
 
     def leave(self, mailbox: str) -> None:
         with self._lock:
-            self._in_flight[mailbox] -= 1
-            if self._in_flight[mailbox] <= 0:
-                del self._in_flight[mailbox]
+            self._leave(mailbox)
 
     def random_fault(self) -> Verdict | None:
         with self._lock:
@@ -230,4 +199,4 @@ class Throttle:
         if mailbox is None:
             return
         with self._lock:
-            self._not_before[(client, mailbox)] = time.monotonic() + seconds
+            self._hold((client, mailbox), seconds)

@@ -12,19 +12,16 @@ runs in the connection's thread, not in the accept loop). Routes:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import socket
-import ssl
 import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+from emulators.common.http import EmulatorHandler, EmulatorServer, ServedEmulator
 from emulators.graph.api import GraphApi
 from emulators.graph.auth import Authority
 from emulators.graph.control import ControlApi
@@ -37,32 +34,15 @@ log = logging.getLogger("emulators.graph")
 
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 DEFAULT_CLIENT_SECRET = "s3cr3t"  # a test secret, the emulator's only one
-IDLE_TIMEOUT_S = 120  # an idle keep-alive connection is closed after this
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(EmulatorHandler):
     server_version = "GraphEmulator/1.0"
-    timeout = IDLE_TIMEOUT_S
-    disable_nagle_algorithm = True  # headers and body go out as separate writes
+    logger = log
     server: _Server
 
-    def setup(self) -> None:
-        super().setup()
-        self.server.track(self.connection, True)
-        self.connection.do_handshake()  # type: ignore[attr-defined]
-
-    def finish(self) -> None:
-        with contextlib.suppress(OSError):
-            super().finish()
-        self.server.track(self.connection, False)
-
-    def handle(self) -> None:
-        with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
-            super().handle()
-
     def _serve(self) -> None:
-        body = self._read_body()
+        body = self.read_body()
         request = Request(
             self.command,
             self.path,
@@ -75,77 +55,26 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # a bug in the emulator: answer, keep serving
             log.exception("emulator error on %s %s", self.command, self.path)
             response = graph_error(500, "generalException", f"emulator error: {exc!r}")
-        payload = response.payload()
-        self.send_response(response.status)
         request_id = self.headers.get("client-request-id") or str(uuid.uuid4())
         headers = {"request-id": request_id, "client-request-id": request_id, **response.headers}
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        if payload:
-            self.wfile.write(payload)
-
-    def _read_body(self) -> bytes:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline().strip():  # trailers
-                        pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
+        self.send(response.status, response.payload(), headers)
 
     do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.info("%s " + format, self.address_string(), *args)
 
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
+class _Server(EmulatorServer):
+    handler_class = _Handler
     # listen backlog: a burst of connects beyond it overflows the accept queue and, with SYN
     # cookies, some connections are reset (ECONNRESET) and others wait for SYN retransmits.
     # Benchmarks open thousands at once; the kernel caps this at net.core.somaxconn.
     request_queue_size = 4096
 
-    def __init__(self, address: tuple[str, int], emulator: GraphEmulator, tls: TlsFiles) -> None:
-        super().__init__(address, _Handler)
-        self.emulator = emulator
-        self.socket = tls.server_context().wrap_socket(
-            self.socket, server_side=True, do_handshake_on_connect=False
-        )
-        self._connections: set[socket.socket] = set()
-        self._lock = threading.Lock()
 
-    def track(self, conn: socket.socket, open_: bool) -> None:
-        with self._lock:
-            (self._connections.add if open_ else self._connections.discard)(conn)
-
-    def close_connections(self) -> None:
-        with self._lock:
-            conns = list(self._connections)
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        import sys
-
-        error = sys.exc_info()[1]
-        if isinstance(error, (ConnectionError, ssl.SSLError, TimeoutError, OSError)):
-            return  # clients hanging up or failing TLS are not emulator errors
-        super().handle_error(request, client_address)
-
-
-class GraphEmulator:
+class GraphEmulator(ServedEmulator):
     """A local Microsoft Graph (calendar subset) over HTTPS; see the package docstring."""
+
+    server_class = _Server
+    thread_name = "graph-emulator"
 
     def __init__(
         self,
@@ -179,36 +108,9 @@ class GraphEmulator:
 
     # --- lifecycle ---
 
-    def start(self) -> GraphEmulator:
-        """Serve in a background thread; returns self once the port is listening."""
-        if self._server is not None:
-            return self
+    def _server_tls(self) -> TlsFiles:
         self.tls = ensure_tls(self.tls_dir)
-        self._server = _Server((self.host, self._requested_port), self, self.tls)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"graph-emulator-{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def __enter__(self) -> GraphEmulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return self.tls
 
     def reset(self) -> None:
         """Empty store, default faults, zeroed stats and throttling state (tokens stay valid)."""
@@ -231,12 +133,6 @@ class GraphEmulator:
     seed = load_seed
 
     # --- addresses ---
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("the emulator is not running")
-        return int(self._server.server_address[1])
 
     @property
     def netloc(self) -> str:
