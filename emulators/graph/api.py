@@ -2,6 +2,7 @@
 
     GET    /v1.0/users/{user}                                  the user
     GET    /v1.0/users/{user}[/calendar]/calendarView          window, series expanded, paged
+    GET    /v1.0/users/{user}[/calendar]/calendarView/delta    a delta round over a window (below)
     GET    /v1.0/users/{user}[/calendar]/events                singles and masters ($filter:
            singleValueExtendedProperties/any(ep: ep/id eq '..' and ep/value eq '..'), or
            iCalUId eq '..')
@@ -11,6 +12,18 @@
 
 Paging is by key (start, id): a ``$skiptoken`` names the last item of the previous page, so
 concurrent changes neither repeat nor skip an unchanged event.
+
+calendarView delta, as Graph v1.0 documents it: the first request names the window
+(startDateTime, endDateTime) and returns every instance in it; pages follow
+``@odata.nextLink`` (``$skiptoken``), the last page carries ``@odata.deltaLink``
+(``$deltatoken``). Following a deltaLink returns what changed in the token's window since:
+created or updated instances, and ``{"id", "@removed": {"reason": "deleted"}}`` for those that
+left it (deleted, cancelled, moved out, re-identified). Plain occurrences of a series come thin
+(id, seriesMasterId, type, start, end: the client completes them from the series); exceptions
+and single instances come in full. A token is bound to its mailbox and window (a request that
+names another window with it is refused, 400); an unknown or expired token answers
+``410 SyncStateNotFound`` (``Store.expire_delta_tokens`` expires them all). ``$select`` is
+ignored, ``$expand``/``$filter``/``$orderby``/``$search`` are refused, as on Graph.
 """
 
 from __future__ import annotations
@@ -26,7 +39,12 @@ from urllib.parse import quote, urlencode
 
 from emulators.graph.auth import Authority
 from emulators.graph.faults import Stats, Throttle, Verdict, retry_after_text
-from emulators.graph.render import expanded_property_ids, parse_prefer, render_event
+from emulators.graph.render import (
+    expanded_property_ids,
+    parse_prefer,
+    render_delta_item,
+    render_event,
+)
 from emulators.graph.store import GraphError, Instance, Store, bad_request, html_to_text
 from emulators.graph.timezones import UTC, UnknownTimeZone, parse_instant, resolve_zone
 from emulators.graph.wire import Request, Response, graph_error
@@ -68,6 +86,8 @@ class GraphApi:
         head, rest = parts[0].lower(), parts[1:]
         if head == "calendarview" and not rest:
             return "calendarView", self._calendar_view if method == "GET" else None, []
+        if head == "calendarview" and len(rest) == 1 and rest[0].lower() in ("delta", "delta()"):
+            return "calendarView_delta", self._delta if method == "GET" else None, []
         if head == "events" and not rest:
             if method == "POST":
                 return "events_create", self._create, []
@@ -310,6 +330,57 @@ class GraphApi:
         instances = self.store.calendar_view(email, lo, hi)
         return self._page(req, instances, f"users('{quote(user)}')/calendarView")
 
+    def _delta(self, req: Request, user: str, args: list[str]) -> Response:
+        email = self._box(user)
+        query = req.query
+        unsupported = sorted({"expand", "filter", "orderby", "search"} & query.keys())
+        if unsupported:
+            raise bad_request(
+                f"The query option(s) {', '.join('$' + q for q in unsupported)} are not supported "
+                "with delta on calendarView.",
+                "ErrorInvalidUrlQuery",
+            )
+        if query.get("skiptoken"):
+            round_id, offset = _decode_delta_skiptoken(query["skiptoken"])
+        elif query.get("deltatoken"):
+            token = query["deltatoken"]
+            bound = self.store.delta_window(token)
+            named = query.get("startdatetime") or query.get("enddatetime")
+            if bound is not None and named and self._window(req) != bound:
+                raise bad_request(
+                    "The delta token belongs to another startDateTime/endDateTime: start a "
+                    "new round for a new window.",
+                    "ErrorInvalidParameter",
+                )
+            round_id, offset = self.store.delta_follow(email, token), 0
+        else:
+            lo, hi = self._window(req)
+            round_id, offset = self.store.delta_start(email, lo, hi), 0
+        options, applied, prefs = self._render_options(req)
+        size = self.page_size
+        if prefs.get("odata.maxpagesize"):
+            try:
+                size = max(1, min(size, int(prefs["odata.maxpagesize"])))
+                applied.append(f"odata.maxpagesize={size}")
+            except ValueError:
+                pass
+        entries, following, token = self.store.delta_page(email, round_id, offset, size)
+        body: dict[str, Any] = {
+            "@odata.context": f"https://{req.host}/v1.0/$metadata#Collection(event)",
+            "value": [
+                self._body_type(render_delta_item(e, options["zone"], options["zone_label"]), prefs)
+                for e in entries
+            ],
+        }
+        base = f"https://{req.host}{req.raw_path}"
+        if following is not None:
+            body["@odata.nextLink"] = (
+                f"{base}?$skiptoken={_encode_delta_skiptoken(round_id, following)}"
+            )
+        else:
+            body["@odata.deltaLink"] = f"{base}?$deltatoken={token}"
+        return Response(200, body, self._applied(applied))
+
     def _instances(self, req: Request, user: str, args: list[str]) -> Response:
         email = self._box(user)
         lo, hi = self._window(req)
@@ -380,3 +451,17 @@ def _decode_skiptoken(token: str) -> tuple[int, str]:
         return int(micros), str(event_id)
     except (ValueError, TypeError):
         raise bad_request("The $skiptoken is not valid.", "ErrorInvalidUrlQuery") from None
+
+
+def _encode_delta_skiptoken(round_id: str, offset: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps([round_id, offset]).encode()).decode().rstrip("=")
+
+
+def _decode_delta_skiptoken(token: str) -> tuple[str, int]:
+    try:
+        round_id, offset = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        return str(round_id), int(offset)
+    except (ValueError, TypeError):
+        raise GraphError(
+            410, "SyncStateNotFound", "The $skiptoken is not valid: restart the synchronization."
+        ) from None

@@ -91,3 +91,23 @@ def render_event(
         if props:
             out["singleValueExtendedProperties"] = props
     return out
+
+
+# calendarView delta: what a plain occurrence of a series carries (Graph sends no more; a client
+# completes it from the series, e.g. GET .../events/{seriesMasterId}/instances).
+THIN_OCCURRENCE = frozenset({"id", "seriesMasterId", "type", "start", "end"})
+
+
+def render_delta_item(instance: Instance | str, zone: dt.tzinfo, zone_label: str) -> dict[str, Any]:
+    """One entry of a delta page: a removed id as ``{"id", "@removed": {"reason":
+    "deleted"}}``, a plain occurrence thin (id, seriesMasterId, type, start, end), anything else
+    (single instances, exceptions) in full. ``$select`` and ``$expand`` do not apply to delta."""
+    if isinstance(instance, str):
+        return {
+            "@odata.type": "#microsoft.graph.event",
+            "id": instance,
+            "@removed": {"reason": "deleted"},
+        }
+    thin = instance.data.get("type") == "occurrence"
+    event = render_event(instance, zone, zone_label, select=set(THIN_OCCURRENCE) if thin else None)
+    return {"@odata.type": "#microsoft.graph.event", **event}

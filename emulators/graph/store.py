@@ -12,6 +12,12 @@ Organiser updates reach the copies; an organiser delete leaves the copies in pla
 same to that occurrence in the copies (the organiser's own calendar simply loses it).
 Notification counts (one per recipient, external ones included) go to ``stats``.
 
+calendarView delta (``delta_start`` / ``delta_follow`` / ``delta_page``): a deltatoken stands
+for a baseline, the view of its window at the end of its round as {instance id: fingerprint of
+what a client sees}; following it diffs the current view against that baseline. Tokens stay
+valid after newer rounds (a client that lost its latest state may resume from an older one)
+until ``expire_delta_tokens`` or ``clear`` forgets them all (then 410 SyncStateNotFound).
+
 Convention that keeps reads cheap: a stored value is replaced, never mutated in place, so the
 instances handed out (shallow copies taken under the lock) can be rendered without the lock
 and without deep copies. What the Python API returns to callers is deep-copied.
@@ -25,10 +31,12 @@ import copy
 import datetime as dt
 import hashlib
 import html
+import json
 import re
 import secrets
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -320,6 +328,47 @@ class Instance:
         return self.timing.start, self.data["id"]
 
 
+@dataclass(frozen=True)
+class DeltaBaseline:
+    """What a deltatoken stands for: a mailbox's calendar view of [lo, hi) at the end of a
+    delta round, as {instance id: fingerprint of everything a client could see of it}."""
+
+    mailbox: str
+    lo: dt.datetime
+    hi: dt.datetime
+    versions: dict[str, str]
+
+
+@dataclass(frozen=True)
+class DeltaRound:
+    """The changes one delta request found, served page by page: an Instance is an upsert, a
+    string the id of a removed event; ``token`` is the deltatoken the last page carries."""
+
+    mailbox: str
+    entries: list[Instance | str]
+    token: str
+
+
+def delta_sync_state_gone() -> GraphError:
+    return GraphError(
+        410,
+        "SyncStateNotFound",
+        "The sync state generation is not found or has expired: restart the synchronization "
+        "(a new delta round without a token).",
+    )
+
+
+def _fingerprint(instance: Instance) -> str:
+    timing = instance.timing
+    text = json.dumps(
+        [instance.data, timing.start, timing.end, timing.start_date, timing.end_date],
+        sort_keys=True,
+        default=str,
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
 @dataclass
 class Mailbox:
     email: str
@@ -372,6 +421,9 @@ class Store:
         self._by_user_id: dict[str, str] = {}
         self._stats = stats
         self._quiet = 0
+        # calendarView delta: deltatoken -> baseline, round id -> pages being served
+        self._delta_baselines: OrderedDict[str, DeltaBaseline] = OrderedDict()
+        self._delta_rounds: OrderedDict[str, DeltaRound] = OrderedDict()
 
     # --- mailboxes ---
 
@@ -379,6 +431,8 @@ class Store:
         with self._lock:
             self._boxes.clear()
             self._by_user_id.clear()
+            self._delta_baselines.clear()
+            self._delta_rounds.clear()
 
     def add_mailbox(self, email: str, display_name: str | None = None) -> Mailbox:
         key = email.strip().lower()
@@ -1024,3 +1078,80 @@ class Store:
 
     def find_by_uid(self, mailbox: str, uid: str) -> list[Instance]:
         return [i for i in self.items(mailbox) if i.data.get("iCalUId") == uid]
+
+    # --- calendarView delta -------------------------------------------------------------------
+
+    MAX_DELTA_TOKENS = 20_000  # oldest tokens are forgotten first (then they answer 410)
+    MAX_DELTA_ROUNDS = 2_000
+
+    def delta_start(self, mailbox: str, lo: dt.datetime, hi: dt.datetime) -> str:
+        """A new delta round for [lo, hi): every instance of the view is an upsert. Returns the
+        round id whose pages ``delta_page`` serves (the last one carries the deltatoken)."""
+        with self._lock:
+            email = self.mailbox(mailbox).email
+            view = self.calendar_view(email, lo, hi)
+            return self._delta_round(email, lo, hi, list(view), view)
+
+    def delta_follow(self, mailbox: str, token: str) -> str:
+        """What changed in the token's window since the token was issued: created or updated
+        instances (upserts) and ids that left the view (deleted, cancelled, moved out or given
+        a new id). GraphError 410 SyncStateNotFound for an unknown, expired or foreign token."""
+        with self._lock:
+            email = self.mailbox(mailbox).email
+            baseline = self._delta_baselines.get(token)
+            if baseline is None or baseline.mailbox != email:
+                raise delta_sync_state_gone()
+            view = self.calendar_view(email, baseline.lo, baseline.hi)
+            current = {i.data["id"]: i for i in view}
+            entries: list[Instance | str] = [
+                i for i in view if baseline.versions.get(i.data["id"]) != _fingerprint(i)
+            ]
+            entries.extend(sorted(set(baseline.versions) - set(current)))
+            return self._delta_round(email, baseline.lo, baseline.hi, entries, view)
+
+    def _delta_round(
+        self,
+        email: str,
+        lo: dt.datetime,
+        hi: dt.datetime,
+        entries: list[Instance | str],
+        view: list[Instance],
+    ) -> str:
+        token = secrets.token_urlsafe(18)
+        versions = {i.data["id"]: _fingerprint(i) for i in view}
+        self._delta_baselines[token] = DeltaBaseline(email, lo, hi, versions)
+        while len(self._delta_baselines) > self.MAX_DELTA_TOKENS:
+            self._delta_baselines.popitem(last=False)
+        round_id = secrets.token_urlsafe(12)
+        self._delta_rounds[round_id] = DeltaRound(email, entries, token)
+        while len(self._delta_rounds) > self.MAX_DELTA_ROUNDS:
+            self._delta_rounds.popitem(last=False)
+        return round_id
+
+    def delta_page(
+        self, mailbox: str, round_id: str, offset: int, size: int
+    ) -> tuple[list[Instance | str], int | None, str]:
+        """(entries of the page, offset of the next page or None, the round's deltatoken)."""
+        with self._lock:
+            email = self.mailbox(mailbox).email
+            found = self._delta_rounds.get(round_id)
+            if found is None or found.mailbox != email or offset < 0:
+                raise delta_sync_state_gone()
+            page = found.entries[offset : offset + size]
+            following = offset + size if offset + size < len(found.entries) else None
+            return page, following, found.token
+
+    def delta_window(self, token: str) -> tuple[dt.datetime, dt.datetime] | None:
+        """The [lo, hi) a deltatoken is bound to (None: unknown token)."""
+        with self._lock:
+            baseline = self._delta_baselines.get(token)
+            return (baseline.lo, baseline.hi) if baseline else None
+
+    def expire_delta_tokens(self) -> int:
+        """Forget every delta and skip token: following one answers 410 SyncStateNotFound (as
+        Graph does for an expired sync state). Returns how many deltatokens were dropped."""
+        with self._lock:
+            count = len(self._delta_baselines)
+            self._delta_baselines.clear()
+            self._delta_rounds.clear()
+            return count

@@ -448,16 +448,21 @@ class GraphConnector(SuiteConnector):
         (410 SyncStateNotFound) does the same. Otherwise the deltaLink is followed and the
         created/updated events and the removed ids are returned (``full=False``). Thin
         occurrences of a series are completed from the series' instances in the window (one
-        request per changed series). Graph ignores ``$select``/``$expand`` on delta, so events
-        read here carry no ``calsync_key``.
+        request per changed series). Graph's delta takes no ``$select``/``$expand``, so single
+        events read here carry no ``calsync_key``.
         """
         from airflow.providers.common.compat.sdk import AirflowNotFoundException
 
         from calsync.connectors.base import ChangeSet
 
         prior = parse_delta_state(state)
+        if prior is not None and prior["window"] != window_key(window):
+            prior = None  # the window moved: a delta round is bound to its window (E15)
+        if prior is not None and not await self._is_current_endpoint(prior["deltaLink"]):
+            log.info("mailbox %s: the stored deltaLink is for another endpoint", mailbox)
+            prior = None
         try:
-            if prior is not None and prior["window"] == window_key(window):
+            if prior is not None:
                 try:
                     events, removed, link = await self._delta_round(
                         mailbox, window, prior["deltaLink"]
@@ -472,6 +477,13 @@ class GraphConnector(SuiteConnector):
         except AirflowNotFoundException:
             raise MailboxNotFound(mailbox) from None
         return ChangeSet(events, [], delta_state(link, window), full=True)
+
+    async def _is_current_endpoint(self, link: str) -> bool:
+        """Whether a stored deltaLink points at the connection's Graph endpoint (a changed
+        base URL, e.g. a moved private endpoint, starts a new round instead of failing)."""
+        hook = await self._ready_hook()
+        adapter = await hook.get_async_conn()  # resolved and cached by now
+        return link.lower().startswith(str(adapter.base_url).lower())
 
     async def _delta_page(self, url: str, query: dict[str, str] | None) -> dict[str, Any]:
         try:
