@@ -92,7 +92,10 @@ def seeded_oa(oa_engine: sa.Engine) -> sa.Engine:
 
 
 class ForwardRunner:
-    """Runs the forward engine for every in-scope user, as the mapped tasks would."""
+    """Runs the forward engine for every in-scope user, as the mapped tasks would (the
+    scheduled path's change feeds with ``incremental``)."""
+
+    incremental = False
 
     def __init__(self, engine: sa.Engine, config: IntegrationConfig) -> None:
         from calsync.mapping import MappingLibrary
@@ -118,7 +121,8 @@ class ForwardRunner:
             users = store.resolve_scope(conn, self.config.scope, self.config.binding).users
         if only is not None:
             users = [u for u in users if u.mailbox in only]
-        run = store.RunInfo(self.config.id, "test_dag", f"run-{self.runs}")
+        prefix = "incremental" if self.incremental else "run"
+        run = store.RunInfo(self.config.id, "test_dag", f"{prefix}-{self.runs}")
 
         async def go() -> list[Any]:
             async with connector_for(self.config) as connector:
@@ -130,6 +134,7 @@ class ForwardRunner:
                     users,
                     window or self.window(),
                     run,
+                    incremental=self.incremental,
                 )
 
         results = asyncio.run(go())

@@ -190,35 +190,7 @@ def test_a_moved_window_starts_a_new_round(graph: Any, config: IntegrationConfig
 class IncrementalRunner(ForwardRunner):
     """``ForwardRunner`` for the scheduled path: ``sync_users(..., incremental=True)``."""
 
-    def __call__(self, window: Any = None, only: list[str] | None = None) -> dict[str, Any]:
-        from calsync.sync.forward import sync_users
-
-        self.runs += 1
-        with self.engine.connect() as conn:
-            users = store.resolve_scope(conn, self.config.scope, self.config.binding).users
-        if only is not None:
-            users = [u for u in users if u.mailbox in only]
-        run = store.RunInfo(self.config.id, "test_dag", f"incremental-{self.runs}")
-
-        async def go() -> list[Any]:
-            async with connector_for(self.config) as connector:
-                return await sync_users(
-                    self.engine,
-                    self.config,
-                    self.library,
-                    connector,
-                    users,
-                    window or self.window(),
-                    run,
-                    incremental=True,
-                )
-
-        results = asyncio.run(go())
-        totals: dict[str, int] = {}
-        for r in results:
-            for key, value in r.counts.items():
-                totals[key] = totals.get(key, 0) + value
-        return {"results": {r.mailbox: r for r in results}, "totals": totals}
+    incremental = True
 
 
 def states(engine: sa.Engine) -> dict[str, Any]:
