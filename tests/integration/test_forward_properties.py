@@ -662,6 +662,27 @@ def oa_template(sqlite_oa_engine: sa.Engine) -> Path:
     return path
 
 
+def reset_mailboxes(graph_server: Any) -> None:
+    """An emptied emulator holding the demo mailboxes and the room."""
+    graph_server.reset()
+    for mailbox, name in PEOPLE.items():
+        graph_server.store.add_mailbox(mailbox, name)
+    graph_server.store.add_mailbox(ROOM, "会议室01 room")
+
+
+@contextlib.contextmanager
+def oa_copy(template: Path, path: Path) -> Iterator[sa.Engine]:
+    """A fresh OA: a copy of the migrated, seeded template, removed afterwards."""
+    shutil.copyfile(template, path)
+    engine = engine_from_url(f"sqlite:///{path}")
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        for leftover in path.parent.glob(f"{path.name}*"):
+            leftover.unlink()
+
+
 @pytest.fixture
 def examples(graph_server: Any, oa_template: Path, tmp_path: Path):
     """A factory of examples: an emptied emulator with the demo mailboxes and a fresh OA."""
@@ -670,19 +691,11 @@ def examples(graph_server: Any, oa_template: Path, tmp_path: Path):
 
     @contextlib.contextmanager
     def example() -> Iterator[Example]:
-        graph_server.reset()
-        for mailbox, name in PEOPLE.items():
-            graph_server.store.add_mailbox(mailbox, name)
-        graph_server.store.add_mailbox(ROOM, "会议室01 room")
-        path = tmp_path / f"oa_{next(counter)}.db"
-        shutil.copyfile(oa_template, path)
-        engine = engine_from_url(f"sqlite:///{path}")
+        reset_mailboxes(graph_server)
         try:
-            yield Example(graph_server, engine, config)
+            with oa_copy(oa_template, tmp_path / f"oa_{next(counter)}.db") as engine:
+                yield Example(graph_server, engine, config)
         finally:
-            engine.dispose()
-            for leftover in tmp_path.glob(f"{path.name}*"):
-                leftover.unlink()
             graph_server.reset()
 
     return example

@@ -13,9 +13,10 @@ timestamps left out).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
-import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,6 @@ from hypothesis import strategies as st
 
 from calsync.config import IntegrationConfig, parse_integration
 from calsync.oa import schema as t
-from calsync.oa.db import engine_from_url
 from tests.integration.conftest import INTEGRATION_YAML, ForwardRunner
 from tests.integration.test_forward_properties import (  # noqa: F401  (oa_template: a fixture)
     DAYS,
@@ -46,7 +46,9 @@ from tests.integration.test_forward_properties import (  # noqa: F401  (oa_templ
     attendee_lists,
     indexes,
     locations,
+    oa_copy,
     oa_template,
+    reset_mailboxes,
     subjects,
 )
 from tests.integration.test_incremental_graph import IncrementalRunner
@@ -232,18 +234,11 @@ class Harness:
         self.compared = True
 
     def full_sync_into_an_empty_oa(self) -> dict[str, Any]:
-        path = self.tmp_path / f"fresh_{next(self.fresh)}.db"
-        shutil.copyfile(self.template, path)
-        engine = engine_from_url(f"sqlite:///{path}")
-        self.full.engine = engine
-        try:
+        with oa_copy(self.template, self.tmp_path / f"fresh_{next(self.fresh)}.db") as engine:
+            self.full.engine = engine
             result = self.full(self.window)
             assert not any(r.error for r in result["results"].values())
             return oa_content(engine, self.config.id)
-        finally:
-            engine.dispose()
-            for leftover in self.tmp_path.glob(f"{path.name}*"):
-                leftover.unlink()
 
 
 @pytest.fixture
@@ -254,25 +249,17 @@ def harnesses(graph_server: Any, oa_template: Path, tmp_path: Path):  # noqa: F8
     scheduled = IncrementalRunner(sa.create_engine("sqlite://"), config)
     full = ForwardRunner(sa.create_engine("sqlite://"), config)
 
-    class Make:
-        def __enter__(self) -> Harness:
-            graph_server.reset()
-            for mailbox, name in PEOPLE.items():
-                graph_server.store.add_mailbox(mailbox, name)
-            graph_server.store.add_mailbox(ROOM, "会议室01 room")
-            self.path = tmp_path / f"oa_{next(counter)}.db"
-            shutil.copyfile(oa_template, self.path)
-            self.engine = engine_from_url(f"sqlite:///{self.path}")
-            example = Example(graph_server, self.engine, config)
-            return Harness(example, scheduled, full, oa_template, tmp_path)
-
-        def __exit__(self, *exc: object) -> None:
-            self.engine.dispose()
-            for leftover in tmp_path.glob(f"{self.path.name}*"):
-                leftover.unlink()
+    @contextlib.contextmanager
+    def make() -> Iterator[Harness]:
+        reset_mailboxes(graph_server)
+        try:
+            with oa_copy(oa_template, tmp_path / f"oa_{next(counter)}.db") as engine:
+                example = Example(graph_server, engine, config)
+                yield Harness(example, scheduled, full, oa_template, tmp_path)
+        finally:
             graph_server.reset()
 
-    return Make
+    return make
 
 
 @settings(
