@@ -126,6 +126,9 @@ meetings = sa.Table(
     ),
     sa.Column("owner_mailbox", sa.String(320), nullable=False),
     sa.Column("content_hash", sa.String(64), nullable=False, server_default=""),
+    # Hash of the OA content reverse sync last pushed (cleared when forward sync rewrites the
+    # schedule), so a change notice for content the suite already has is not pushed again.
+    sa.Column("pushed_hash", sa.String(64), nullable=False, server_default=""),
     sa.UniqueConstraint("integration_id", "identity_key", name="uq_calsync_meetings_identity"),
 )
 
@@ -211,4 +214,71 @@ user_accounts = sa.Table(
     sa.Column("key_id", sa.String(64), nullable=False),
     sa.Column("updated_at", DATETIME_US, nullable=False),
     sa.UniqueConstraint("user_id", name="uq_calsync_user_accounts_user"),
+)
+
+# --- Reverse sync (E1/E6, F25): change capture and delivery --------------------------------
+
+# Which writer the current transaction belongs to. calsync inserts one row at the start of each
+# of its own write transactions and deletes it before commit, so the row is never committed:
+# only triggers fired inside that transaction see it (MVCC on PostgreSQL/MariaDB, the single
+# writer on SQLite). A trigger that finds no row records origin "oa".
+write_origin = sa.Table(
+    "calsync_write_origin",
+    metadata,
+    sa.Column("token", sa.String(64), primary_key=True),
+    sa.Column("origin", sa.String(100), nullable=False),
+)
+
+# Filled by triggers on oa_schedules / oa_schedule_participants (migration 0003). A delete
+# keeps the schedule's creator and title; its links are copied to calsync_deleted_links.
+outbox = sa.Table(
+    "calsync_outbox",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("schedule_id", sa.Integer, nullable=False),
+    sa.Column("op", sa.String(8), nullable=False),  # insert / update / delete
+    sa.Column("origin", sa.String(100), nullable=False, server_default="oa"),
+    sa.Column("changed_at", DATETIME_US, nullable=False),
+    sa.Column("creator_id", sa.Integer, nullable=True),
+    sa.Column("title", sa.String(500), nullable=True),
+    sa.Column("routed_at", DATETIME_US, nullable=True),
+    sa.Index("ix_calsync_outbox_routed", "routed_at", "id"),
+    sa.Index("ix_calsync_outbox_schedule", "schedule_id"),
+    sqlite_autoincrement=True,
+)
+
+# The links a deleted schedule had (copied by the delete trigger before the cascade), so a
+# reverse delete still knows which suite items to remove.
+deleted_links = sa.Table(
+    "calsync_deleted_links",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("integration_id", sa.String(64), nullable=False),
+    sa.Column("schedule_id", sa.Integer, nullable=False),
+    sa.Column("mailbox", sa.String(254), nullable=False),
+    sa.Column("suite_id", sa.String(400), nullable=False),
+    sa.Column("identity_key", sa.String(400), nullable=False),
+    sa.Column("deleted_at", DATETIME_US, nullable=False),
+    sa.Index("ix_calsync_deleted_links_schedule", "integration_id", "schedule_id"),
+)
+
+# One row per (integration, schedule) with changes to push. ``outbox_id`` is the newest change
+# it covers: a drain marks the row done only if no newer change arrived while it worked.
+deliveries = sa.Table(
+    "calsync_deliveries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("integration_id", sa.String(64), nullable=False),
+    sa.Column("schedule_id", sa.Integer, nullable=False),
+    sa.Column("outbox_id", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending / done / dead
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", DATETIME_US, nullable=False),
+    sa.Column("claimed_by", sa.String(100), nullable=True),
+    sa.Column("claim_expires_at", DATETIME_US, nullable=True),
+    sa.Column("last_error", LONG_TEXT, nullable=False, server_default=""),
+    sa.Column("created_at", DATETIME_US, nullable=False),
+    sa.Column("updated_at", DATETIME_US, nullable=False),
+    sa.UniqueConstraint("integration_id", "schedule_id", name="uq_calsync_deliveries_schedule"),
+    sa.Index("ix_calsync_deliveries_due", "integration_id", "status", "next_attempt_at"),
 )
