@@ -34,9 +34,9 @@ DEFAULT_CALENDAR = "我的日历"
 OTHER_CALENDAR = "项目日历"
 DEFAULT_ZONE = "Asia/Shanghai"
 MAX_OCCURRENCES = 2000
-READ_ONLY = frozenset(
-    {"id", "calendarId", "createdDateTime", "lastModifiedDateTime", "changeKey", "type"}
-)
+CHANGE_KEY = wire.EV_CHANGE_KEY[0]  # a new random value on every modification
+LAST_MODIFIED = wire.EV_LAST_MODIFIED[0]
+READ_ONLY = frozenset({"id", "calendarId", "createdDateTime", LAST_MODIFIED, CHANGE_KEY, "type"})
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
@@ -101,6 +101,12 @@ def format_utc(value: dt.datetime) -> str:
 
 def _now() -> str:
     return dt.datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _touch(data: dict[str, Any]) -> None:
+    """A modification: a new change key and modification time."""
+    data[LAST_MODIFIED] = _now()
+    data[CHANGE_KEY] = secrets.token_hex(8)
 
 
 @dataclass(frozen=True)
@@ -434,8 +440,8 @@ class Store:
                     "id": event_id,
                     "calendarId": calendar_id,
                     "createdDateTime": stamp,
-                    "lastModifiedDateTime": stamp,
-                    "changeKey": secrets.token_hex(8),
+                    LAST_MODIFIED: stamp,
+                    CHANGE_KEY: secrets.token_hex(8),
                     "type": "seriesMaster"
                     if wire.first(data, wire.EV_RECURRENCE)
                     else "singleInstance",
@@ -484,8 +490,7 @@ class Store:
             before = self._recipients(box, item.data)
             data = copy.deepcopy(item.data)
             data.update({k: copy.deepcopy(v) for k, v in patch.items() if k not in READ_ONLY})
-            data["lastModifiedDateTime"] = _now()
-            data["changeKey"] = secrets.token_hex(8)
+            _touch(data)
             candidate = Item(data, item.cancelled)
             candidate.timing  # noqa: B018 - validate before storing
             box.items[event_id] = candidate
@@ -514,6 +519,7 @@ class Store:
                 if occurrence[1] in master.cancelled:
                     raise event_not_found(event_id)
                 master.cancelled.add(occurrence[1])
+                _touch(master.data)  # the series changed
                 if notify:
                     self._notify("cancellations_sent", self._recipients(box, master.data))
                 return

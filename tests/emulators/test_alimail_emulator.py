@@ -287,6 +287,12 @@ def test_view_expands_series_with_stable_ids(client: Client, alimail: AlimailEmu
     assert gone.status_code == 204
     again, _ = client.view(A, "2026-11-30T00:00:00Z", "2027-01-01T00:00:00Z")
     assert [e["id"] for e in again] == [e["id"] for e in events if e["id"] != events[2]["id"]]
+    # a deleted occurrence is a change of the series: a new change key and modification time
+    series = client.call("GET", f"/v2/users/{A}/calendars/{cal}/events/{master['id']}")
+    after = series.json()["event"]
+    assert after[wire.EV_CHANGE_KEY[0]] != master[wire.EV_CHANGE_KEY[0]]
+    assert after[wire.EV_LAST_MODIFIED[0]] > master[wire.EV_LAST_MODIFIED[0]]
+    assert {e[wire.EV_CHANGE_KEY[0]] for e in again} == {after[wire.EV_CHANGE_KEY[0]]}
 
 
 def test_view_parameters_are_checked(client: Client) -> None:

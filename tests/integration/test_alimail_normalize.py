@@ -364,3 +364,54 @@ def test_wire_module_is_the_only_place_with_paths() -> None:
         *sorted((root / "emulators/alimail").glob("*.py")),
     ]:
         assert not re.search(r"[\"']/v2/users", path.read_text(encoding="utf-8")), path
+
+
+def test_version_fields_and_their_fallback() -> None:
+    base = {
+        "id": "e1",
+        "subject": "s",
+        "start": {"dateTime": "2026-12-01T09:00:00", "timeZone": "Asia/Shanghai"},
+        "end": {"dateTime": "2026-12-01T10:00:00", "timeZone": "Asia/Shanghai"},
+    }
+    event = normalize_event(
+        {**base, "changeKey": "ck1", "lastModifiedDateTime": "2026-12-01T01:02:03.456789Z"}, "UTC"
+    )
+    assert event.change_key == "ck1"
+    assert event.last_modified == dt.datetime(2026, 12, 1, 1, 2, 3, 456789, tzinfo=UTC)
+    # epoch milliseconds, and no version field: the modification time stands in for it
+    event = normalize_event({**base, "updateTime": 1764550923000}, "UTC")
+    assert event.last_modified == dt.datetime.fromtimestamp(1764550923, UTC)
+    assert event.change_key == "lm:1764550923000"
+    event = normalize_event({**base, "etag": "W/9"}, "UTC")
+    assert (event.change_key, event.last_modified) == ("W/9", None)
+
+
+def test_rooms_are_written_as_resource_attendees_and_read_back_as_rooms() -> None:
+    write = EventWrite(
+        subject="s",
+        start=dt.datetime(2026, 12, 1, 1, tzinfo=UTC),
+        end=dt.datetime(2026, 12, 1, 2, tzinfo=UTC),
+        location="4F",
+        attendees=[Attendee("b@example.com"), Attendee("room@example.com", "4F", "resource")],
+    )
+    payload = event_payload(write, "Asia/Shanghai")
+    assert payload["attendees"][1] == {
+        "email": "room@example.com",
+        "name": "4F",
+        "type": "resource",
+    }
+    assert payload["location"] == {"displayName": "4F"}
+    for value in ("resource", "Room", "meetingRoom"):
+        item = {**payload, "id": "e1", "attendees": [{"email": "r@example.com", "type": value}]}
+        assert normalize_event(item, "UTC").attendees[0].kind == "resource"
+
+
+def test_what_counts_as_an_event_that_is_gone() -> None:
+    from calsync.connectors.alimail import _is_event_gone
+    from calsync.connectors.alimail_http import ApiError
+
+    assert _is_event_gone(ApiError(404, wire.CODE_EVENT_NOT_FOUND, "gone"))
+    assert _is_event_gone(ApiError(404, "", "no body"))
+    assert _is_event_gone(ApiError(400, "EventNotFound", "unknown id"))  # status aside
+    assert not _is_event_gone(ApiError(404, wire.CODE_USER_NOT_FOUND, "no such user"))
+    assert not _is_event_gone(ApiError(400, wire.CODE_INVALID_PARAMETER, "bad"))

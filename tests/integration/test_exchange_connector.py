@@ -470,6 +470,27 @@ def test_update_of_one_occurrence_stays_in_place(emu: EwsEmulator) -> None:
     assert records(emu, "CreateItem") == [] and records(emu, "DeleteItem") == []
 
 
+def test_get_event_of_occurrences_and_of_what_is_gone(emu: EwsEmulator) -> None:
+    seeded = seed_calendar(emu)
+    config = make_config(emu)
+    events = call(config, "list_events", A, WINDOW)
+    plain = next(e for e in events if e.subject == "Stand-up" and e.start.day == 4)
+    moved = next(e for e in events if e.subject == "Stand-up (moved)")
+    for listed in (plain, moved):
+        got = call(config, "get_event", A, listed.suite_id)
+        assert got is not None and got.suite_id == listed.suite_id
+        assert (got.event_type, got.original_start) == (listed.event_type, listed.original_start)
+        assert got.series_id == seeded["daily"]["id"]
+        assert got.change_key == listed.change_key and got.last_modified == listed.last_modified
+    review = call(config, "get_event", A, seeded["review"]["id"])
+    assert review is not None and review.series_id is None
+    assert {(a.email, a.kind) for a in review.attendees} >= {(ROOM, "resource")}
+    call(config, "delete_event", A, plain.suite_id)  # one occurrence
+    assert call(config, "get_event", A, plain.suite_id) is None
+    call(config, "delete_event", A, seeded["review"]["id"])  # moved to Deleted Items: new id
+    assert call(config, "get_event", A, seeded["review"]["id"]) is None
+
+
 # --- access modes -------------------------------------------------------------------------
 
 

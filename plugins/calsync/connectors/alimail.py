@@ -22,6 +22,10 @@ place to correct them):
   ``originalStart``, ``type``, ``isCancelled``, ``changeKey``, ``lastModifiedDateTime``.
   Unknown fields are ignored; an event that cannot be understood becomes an "unreadable"
   placeholder that the engine logs as failed, never a failed mailbox.
+- Version [assumed]: ``change_key`` is ``changeKey`` (or an alias), else the raw
+  last-modified value; ``last_modified`` is ``lastModifiedDateTime`` (or an alias) in UTC.
+- Rooms [assumed]: an attendee ``{"type": "resource"}``, with ``location`` written as given
+  (the fallback if the server ignores the type); ``room``/``meetingRoom`` read as rooms too.
 
 Sources: [D1] https://help.aliyun.com/document_detail/2855420.html (get an access credential),
 [D2] https://help.aliyun.com/document_detail/2856495.html (get a calendar, query a view, get an
@@ -68,7 +72,12 @@ from calsync.connectors.alimail_http import (
     load_credentials,
     user_path,
 )
-from calsync.connectors.base import CALSYNC_PROPERTY_NAME, EventWrite, SuiteConnector
+from calsync.connectors.base import (
+    CALSYNC_PROPERTY_NAME,
+    EventWrite,
+    SuiteConnector,
+    write_differences,
+)
 from calsync.errors import ConnectorError, MailboxNotFound
 from calsync.model import Attendee, SuiteEvent, Window
 
@@ -288,8 +297,13 @@ def normalize_event(item: dict[str, Any], default_zone: str) -> SuiteEvent:
         raw_kind = str(
             wire.first(node, wire.ATT_TYPE, "required") if isinstance(node, dict) else ""
         )
+        raw_kind = raw_kind.strip().lower()
         kind_value = (
-            raw_kind.lower() if raw_kind.lower() in ("optional", "resource") else "required"
+            "resource"
+            if raw_kind in wire.ATT_RESOURCE_TYPES
+            else "optional"
+            if raw_kind == "optional"
+            else "required"
         )
         response = _response(node) if isinstance(node, dict) else "none"
         attendees.append(Attendee(email, name, kind_value, response))  # type: ignore[arg-type]
@@ -310,11 +324,16 @@ def normalize_event(item: dict[str, Any], default_zone: str) -> SuiteEvent:
         "canceled",
     )
     last_modified = None
-    if (raw_lm := wire.first(item, wire.EV_LAST_MODIFIED)) is not None:
+    raw_lm = wire.first(item, wire.EV_LAST_MODIFIED)
+    if raw_lm is not None:
         try:
             last_modified, _, _ = parse_time(raw_lm, "UTC")
         except ValueError:
             last_modified = None
+    # The version the server gives, else its modification time (see alimail_wire).
+    change_key = wire.first(item, wire.EV_CHANGE_KEY)
+    if change_key in (None, "") and raw_lm not in (None, ""):
+        change_key = f"lm:{raw_lm}"
     categories = wire.first(item, wire.EV_CATEGORIES) or []
     return SuiteEvent(
         suite_id=str(suite_id),
@@ -341,7 +360,7 @@ def normalize_event(item: dict[str, Any], default_zone: str) -> SuiteEvent:
         show_as=str(wire.first(item, wire.EV_SHOW_AS, "busy") or "busy"),
         importance=str(wire.first(item, wire.EV_IMPORTANCE, "normal") or "normal").lower(),
         categories=[str(c) for c in categories] if isinstance(categories, list) else [],
-        change_key=str(wire.first(item, wire.EV_CHANGE_KEY, "") or ""),
+        change_key=str(change_key or ""),
         last_modified=last_modified,
         calsync_key=key,
         extra={
@@ -593,10 +612,16 @@ class AlimailConnector(SuiteConnector):
         try:
             _, body = self._client().call("event_get", "GET", path)
         except ApiError as exc:
-            if exc.status == 404 and not _is_mailbox_error(exc):
+            if _is_event_gone(exc):
                 return None
             raise self._fail(mailbox, f"reading event {suite_id}", exc) from None
-        return normalize_event(_unwrap(body), self.config.timezone)
+        item = _unwrap(body)
+        try:
+            event = normalize_event(item, self.config.timezone)
+        except (ValueError, TypeError, KeyError) as exc:
+            return unreadable(item, str(exc))
+        event.extra["calendar_id"] = event.extra.get("calendar_id") or calendar_id
+        return event
 
     def _find(self, mailbox: str, key: str, lo: dt.datetime, hi: dt.datetime) -> SuiteEvent | None:
         step = dt.timedelta(days=FIND_CHUNK_DAYS)
@@ -695,16 +720,17 @@ class AlimailConnector(SuiteConnector):
         return await self._run(self._create, mailbox, event)
 
     def _update(self, mailbox: str, suite_id: str, event: EventWrite) -> SuiteEvent:
-        if not event.key:  # keep the marker the event already has
-            current = self._get(mailbox, suite_id)
-            if current is None:
-                raise ConnectorError(
-                    f"Alibaba Mail event {suite_id} of {mailbox} is gone",
-                    status=404,
-                    retriable=False,
-                )
-            if current.calsync_key:
-                event = _with_key(event, current.calsync_key)
+        current = self._get(mailbox, suite_id)
+        if current is None:
+            raise ConnectorError(
+                f"Alibaba Mail event {suite_id} of {mailbox} is gone",
+                status=404,
+                retriable=False,
+            )
+        if not event.key and current.calsync_key:  # keep the marker the event already has
+            event = _with_key(event, current.calsync_key)
+        if "unreadable" not in current.extra and not write_differences(current, event):
+            return current  # nothing to change: no write, so no notification goes out
         calendar_id = self._calendar_id(mailbox)
         path = user_path(wire.EVENT_PATH, mailbox, calendar=calendar_id, event=suite_id)
         body = {wire.EVENT_WRAPPER: event_payload(event, event.timezone)}
@@ -713,7 +739,7 @@ class AlimailConnector(SuiteConnector):
                 "event_update", wire.UPDATE_METHOD, path, params=self._notify(), json_body=body
             )
         except ApiError as exc:
-            if exc.status == 404 and not _is_mailbox_error(exc):
+            if _is_event_gone(exc):
                 raise ConnectorError(
                     f"Alibaba Mail event {suite_id} of {mailbox} is gone",
                     status=404,
@@ -738,7 +764,7 @@ class AlimailConnector(SuiteConnector):
         try:
             self._client().call("event_delete", "DELETE", path, params=self._notify())
         except ApiError as exc:
-            if exc.status == 404 and not _is_mailbox_error(exc):
+            if _is_event_gone(exc):
                 return  # already gone: the wanted state
             raise self._fail(mailbox, f"deleting event {suite_id}", exc) from None
 
@@ -746,7 +772,8 @@ class AlimailConnector(SuiteConnector):
         await self._run(self._delete, mailbox, suite_id)
 
     async def get_event(self, mailbox: str, suite_id: str) -> SuiteEvent | None:
-        """One event by id (None when gone)."""
+        """One event (or occurrence) by id: GetEvent on the configured calendar. None when it
+        is gone (a 404 not about the user, or an event-not-found code; see alimail_wire)."""
         return await self._run(self._get, mailbox, suite_id)
 
     async def aclose(self) -> None:
@@ -788,6 +815,13 @@ def _unwrap(body: Any) -> Any:
 
 def _is_mailbox_error(exc: ApiError) -> bool:
     return any(h in exc.code.lower() for h in wire.MAILBOX_NOT_FOUND_HINTS)
+
+
+def _is_event_gone(exc: ApiError) -> bool:
+    """Whether an error on an event path means the event does not exist (not the user)."""
+    if exc.code.strip().lower() in wire.EVENT_NOT_FOUND_CODES:
+        return True
+    return exc.status == 404 and not _is_mailbox_error(exc)
 
 
 def _with_key(event: EventWrite, key: str) -> EventWrite:

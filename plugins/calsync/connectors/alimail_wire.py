@@ -134,6 +134,13 @@ EV_ATTENDEES: Final = ("attendees",)
 ADDR_EMAIL: Final = ("email", "address", "emailAddress")
 ADDR_NAME: Final = ("name", "displayName")
 ATT_TYPE: Final = ("type", "attendeeType", "role")  # required / optional / resource
+# Rooms [assumed]: no stored source shows how the API books a meeting room. calsync writes a
+# room as an attendee with type "resource" (Graph's convention, which this API mirrors), and
+# the write's ``location`` (reverse sync puts the room's name there) as ``location``. That is
+# the fallback too: a server that ignores the type takes the room as a plain attendee, so the
+# room's mailbox is still invited and the meeting still shows where it is (read back, such a
+# room is then a "required" attendee). On read these type values (lower-cased) mean a room:
+ATT_RESOURCE_TYPES: Final = frozenset({"resource", "room", "meetingroom", "meeting_room"})
 ATT_RESPONSE: Final = ("status", "responseStatus", "response", "partStat")
 RESPONSE_VALUES: Final = {  # wire value (lower-cased) -> SuiteEvent response
     "accepted": "accepted",
@@ -157,6 +164,14 @@ EV_SENSITIVITY: Final = ("sensitivity", "visibility", "privacy")
 EV_SHOW_AS: Final = ("showAs", "freeBusyStatus", "transparency")
 EV_IMPORTANCE: Final = ("importance", "priority")
 EV_CATEGORIES: Final = ("categories",)
+# The event's version and modification time [assumed: neither is visible in [D2]; names after
+# Graph, then the usual alternatives]. ``SuiteEvent.change_key`` is the first of
+# EV_CHANGE_KEY present (an opaque string that must change on every modification: the
+# emulator sends a new random "changeKey" each time); when the answer carries none of them,
+# the connector uses the raw last-modified value instead (it changes on every modification
+# too, at the server's time resolution). ``last_modified`` is the first of EV_LAST_MODIFIED,
+# read as an ISO 8601 instant (a value without an offset is UTC) or epoch milliseconds.
+# "sequence" (iCalendar SEQUENCE) comes last: it only moves on significant changes.
 EV_CHANGE_KEY: Final = ("changeKey", "etag", "version", "sequence")
 EV_LAST_MODIFIED: Final = ("lastModifiedDateTime", "lastModifiedTime", "updateTime", "updated")
 EV_WEB_LINK: Final = ("webLink", "htmlLink")
@@ -180,6 +195,11 @@ ERR_REQUEST_ID: Final = ("requestId", "request_id", "traceId")  # [P1]
 # A 404 whose code mentions one of these is an unknown mailbox; any other 404 on an event path
 # is the event. [assumed]
 MAILBOX_NOT_FOUND_HINTS: Final = ("user", "account", "mailbox")
+# Codes that mean "this event does not exist" whatever the HTTP status (Alibaba Cloud APIs
+# often answer 400 for an unknown id); compared lower-cased. [assumed]
+EVENT_NOT_FOUND_CODES: Final = frozenset(
+    {"eventnotfound", "event.notfound", "itemnotfound", "notfound"}
+)
 # The codes the emulator answers with (the real ones are not documented). [assumed]
 CODE_USER_NOT_FOUND: Final = "UserNotFound"
 CODE_EVENT_NOT_FOUND: Final = "EventNotFound"

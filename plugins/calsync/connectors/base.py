@@ -5,7 +5,14 @@ where the suite offers it, the changes since a stored state (``list_changes``, E
 (reverse sync): ``create_event`` (idempotent through the calsync key: a retry after a crash
 finds the event it already made instead of making a second one), ``update_event`` (in place,
 never delete + re-create), ``delete_event`` (honouring the integration's delete and
-cancellation modes; an item already gone is not an error) and ``find_by_key``.
+cancellation modes; an item already gone is not an error), ``find_by_key`` and ``get_event``
+(one item by its suite id, None once it is gone: what reverse sync checks before it writes).
+
+Every event a connector returns carries the suite's version of it in ``change_key`` (Graph
+``changeKey``, EWS ``ChangeKey``, Alibaba: see ``alimail_wire``), which changes on every
+modification, and its ``last_modified`` time as an aware UTC datetime. ``update_event`` with
+content the event already has writes nothing (so no meeting update goes out); attendees of
+kind ``resource`` (rooms) go to the suite as resource attendees.
 
 Every event calsync creates carries its key in a custom property of the suite (Graph
 single-value extended property, EWS extended property, Alibaba: see that connector); reads
@@ -100,6 +107,12 @@ class SuiteConnector(abc.ABC):
     async def find_by_key(self, mailbox: str, key: str) -> SuiteEvent | None:
         raise NotImplementedError(f"{type(self).__name__} cannot write yet")
 
+    async def get_event(self, mailbox: str, suite_id: str) -> SuiteEvent | None:
+        """The event (or occurrence) with this suite id, ``change_key`` and ``last_modified``
+        filled; None when it is gone (never an error for a missing item). An unknown mailbox
+        still raises MailboxNotFound."""
+        raise NotImplementedError(f"{type(self).__name__} cannot write yet")
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release HTTP clients; called once at the end of a task."""
 
@@ -108,6 +121,54 @@ class SuiteConnector(abc.ABC):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def write_differences(current: SuiteEvent, event: EventWrite) -> set[str]:
+    """What an update would change on an event as read: a subset of ``subject``, ``body``,
+    ``times``, ``location``, ``attendees``, ``sensitivity`` and ``key``. Empty: nothing to
+    write. Instants are compared in UTC (the zone an event was made in is not content);
+    attendees as (address, kind) sets, responses ignored; the key only when one is given."""
+    changed: set[str] = set()
+    if current.subject != event.subject:
+        changed.add("subject")
+    if current.body_type != event.body_type or (
+        current.body != event.body
+        if event.body_type == "html"
+        else _plain(current.body) != _plain(event.body)
+    ):
+        changed.add("body")
+    if event.all_day != current.all_day:
+        changed.add("times")
+    elif event.all_day:
+        first = event.start_date
+        last = event.end_date or (first + dt.timedelta(days=1) if first else None)
+        if (current.start_date, current.end_date) != (first, last):
+            changed.add("times")
+    elif (
+        event.start is None
+        or event.end is None
+        or current.start != event.start.astimezone(dt.UTC)
+        or current.end != event.end.astimezone(dt.UTC)
+    ):
+        changed.add("times")
+    if current.location != (event.location or "").strip():
+        changed.add("location")
+    have = {(a.email.strip().lower(), a.kind) for a in current.attendees if a.email.strip()}
+    want = {(a.email.strip().lower(), a.kind) for a in event.attendees if a.email.strip()}
+    if have != want:
+        changed.add("attendees")
+    if (current.sensitivity or "normal").lower() != (event.sensitivity or "normal").lower():
+        changed.add("sensitivity")
+    if event.key and current.calsync_key != event.key:
+        changed.add("key")
+    return changed
+
+
+def _plain(text: str) -> str:
+    """A text body as compared: line ends unified, trailing blanks and blank edges dropped
+    (suites that store bodies as HTML give text back with their own line breaks)."""
+    lines = (text or "").replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return "\n".join(line.rstrip() for line in lines).strip()
 
 
 AccountLookup = Callable[[str], "Account | None"]

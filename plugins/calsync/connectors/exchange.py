@@ -33,6 +33,13 @@ by their ``RecurrenceId``; ``series_id`` = the master's item id, looked up only 
 holds occurrences). calsync's key lives in an extended property (``CALSYNC_PROPERTY_SET`` /
 ``CALSYNC_PROPERTY_NAME``, string), read back as ``SuiteEvent.calsync_key`` (E11).
 
+One item: ``get_event`` is a GetItem of the id (occurrence ids too; ``series_id`` looked up
+for those), None on ErrorItemNotFound. Writes: rooms (attendees of kind ``resource``) go to
+``Resources``, the location to ``Location``; ``update_event`` compares the item as it is with
+the write and sends an UpdateItem of the changed fields only, none at all when nothing
+changed — so ``invitation_mode`` only ever applies to a real change (an update to the
+attendees, invitations to added ones), never to a rewrite of the same content.
+
 Incremental reads (E7, E15): ``list_changes`` keeps an opaque state ``ews1.<base64 zlib JSON>``
 holding the SyncFolderItems state, the window it was made for, and for each recurring master
 with occurrences in that window the ids of those occurrences. SyncFolderItems reports changed
@@ -833,6 +840,24 @@ class ExchangeConnector(SuiteConnector):
             raise item
         return item
 
+    def _get(self, account: Account, suite_id: str) -> SuiteEvent | None:
+        """GetItem of one id (an occurrence's too); None for ErrorItemNotFound (deleted, or
+        moved out of the calendar: a move gives the item a new id)."""
+        try:
+            item = self._fetch_one(account, suite_id)
+        except ews_errors.ErrorItemNotFound:
+            return None
+        try:
+            event = normalize_item(item, self.config.timezone)
+        except ValueError as exc:
+            return _unreadable(item, str(exc))
+        if event.event_type in ("occurrence", "exception"):
+            event.series_id = self._masters(account).get(event.ical_uid)
+        return event
+
+    async def get_event(self, mailbox: str, suite_id: str) -> SuiteEvent | None:
+        return await self._run(mailbox, lambda account: self._get(account, suite_id))
+
     def _find(self, account: Account, key: str) -> SuiteEvent | None:
         matches = [
             i
@@ -948,7 +973,7 @@ class ExchangeConnector(SuiteConnector):
         before = normalize_item(item, self.config.timezone)
         wanted = self._values(event)
         changed = _changed_fields(before, event, wanted)
-        if not changed:
+        if not changed:  # nothing to write: no UpdateItem, so no meeting update goes out
             return before
         for name in changed:
             setattr(item, name, wanted.get(name))

@@ -26,6 +26,7 @@ from calsync.connectors.base import (
     CALSYNC_PROPERTY_SET,
     EventWrite,
     SuiteConnector,
+    write_differences,
 )
 from calsync.errors import ConnectorError, MailboxNotFound
 from calsync.model import Attendee, SuiteEvent, Window
@@ -112,6 +113,11 @@ def graph_body(event: EventWrite, default_zone: str) -> dict[str, Any]:
             "timeZone": _graph_zone(zone),
         }
         end = {"dateTime": event.end.astimezone(local).strftime(fmt), "timeZone": _graph_zone(zone)}
+    location: dict[str, Any] = {"displayName": event.location}
+    rooms = [a for a in event.attendees if a.kind == "resource" and a.email]
+    if len(rooms) == 1:  # the room booked: Outlook shows it as the meeting's room
+        location["locationEmailAddress"] = rooms[0].email
+        location["locationType"] = "conferenceRoom"
     body: dict[str, Any] = {
         "subject": event.subject,
         "body": {
@@ -121,8 +127,9 @@ def graph_body(event: EventWrite, default_zone: str) -> dict[str, Any]:
         "start": start,
         "end": end,
         "isAllDay": event.all_day,
-        "location": {"displayName": event.location},
+        "location": location,
         "sensitivity": event.sensitivity,
+        # Rooms go as attendees of type "resource" (Graph books them through their mailbox).
         "attendees": [
             {
                 "type": a.kind,
@@ -286,15 +293,17 @@ class GraphConnector(SuiteConnector):
             self._connected = True
         return hook
 
-    async def _get(self, url: str, query: dict[str, str] | None) -> dict[str, Any]:
+    async def _get(
+        self, url: str, query: dict[str, str] | None, body_type: str | None = None
+    ) -> dict[str, Any]:
         from airflow.providers.common.compat.sdk import AirflowException, AirflowNotFoundException
         from azure.core.exceptions import ClientAuthenticationError
 
         hook = await self._ready_hook()
-        headers = {
-            "Prefer": f'outlook.timezone="UTC", odata.maxpagesize={self.page_size}, '
-            'IdType="ImmutableId"',
-        }
+        prefer = f'outlook.timezone="UTC", odata.maxpagesize={self.page_size}, IdType="ImmutableId"'
+        if body_type:
+            prefer += f', outlook.body-content-type="{body_type}"'
+        headers = {"Prefer": prefer}
         try:
             response = await hook.run(url=url, query_parameters=query, headers=headers)
         except AirflowNotFoundException:
@@ -409,6 +418,26 @@ class GraphConnector(SuiteConnector):
         items = (page or {}).get("value") or []
         return normalize_event(items[0], self.config.timezone) if items else None
 
+    async def get_event(
+        self, mailbox: str, suite_id: str, *, body_type: str | None = None
+    ) -> SuiteEvent | None:
+        """``GET /users/{mailbox}/events/{id}`` (occurrence ids too) with the marker; None on
+        a 404 for the item (ErrorItemNotFound), MailboxNotFound on one for the user.
+        ``body_type`` ("text"/"html") asks Graph for the body in that form."""
+        from airflow.providers.common.compat.sdk import AirflowNotFoundException
+
+        query = {"$select": SELECT, "$expand": EXPAND_MARKER}
+        try:
+            item = await self._get(self._events_url(mailbox, suite_id), query, body_type)
+        except AirflowNotFoundException as exc:
+            if _error_code(exc).lower() in MAILBOX_ERROR_CODES:
+                raise MailboxNotFound(mailbox) from None
+            return None
+        try:
+            return normalize_event(item, self.config.timezone)
+        except ValueError as exc:
+            return _unreadable(item, str(exc))
+
     async def create_event(self, mailbox: str, event: EventWrite) -> SuiteEvent:
         """Idempotent: an event carrying the key is found first; Graph's ``transactionId``
         guards the window between a lost reply and the retry too."""
@@ -419,14 +448,45 @@ class GraphConnector(SuiteConnector):
         body = graph_body(event, self.config.timezone)
         if event.key:
             body["transactionId"] = event.key[:100]
-        created = await self._send("POST", self._events_url(mailbox), body)
-        return normalize_event(created, self.config.timezone)
+        created = normalize_event(
+            await self._send("POST", self._events_url(mailbox), body), self.config.timezone
+        )
+        # Graph returns extended properties only when expanded: the marker is the one sent.
+        created.calsync_key = created.calsync_key or event.key or None
+        return created
 
     async def update_event(self, mailbox: str, suite_id: str, event: EventWrite) -> SuiteEvent:
-        body = graph_body(event, self.config.timezone)
-        body.pop("singleValueExtendedProperties", None)  # the marker never changes
-        updated = await self._send("PATCH", self._events_url(mailbox, suite_id), body)
-        return normalize_event(updated, self.config.timezone)
+        """PATCH in place, with only what differs from the event as it is now.
+
+        Graph sends a meeting update to the attendees on every PATCH of an organiser's
+        meeting, so an update that changes nothing sends no PATCH at all (the event is
+        returned as read), and the attendee list goes only when it changed (invitations to
+        added attendees, cancellations to dropped ones are Graph's doing then). The event is
+        read with its body in the write's form (Exchange keeps bodies as HTML), so an
+        unchanged text body compares equal."""
+        current = await self.get_event(mailbox, suite_id, body_type=event.body_type)
+        if current is None:
+            raise ConnectorError(
+                f"Graph PATCH: event {suite_id[:24]}… is no longer in {mailbox}",
+                status=404,
+                retriable=False,
+            )
+        changed = write_differences(current, event)
+        if not changed:
+            return current
+        full = graph_body(event, self.config.timezone)
+        body: dict[str, Any] = {}
+        for aspect, keys in PATCH_FIELDS.items():
+            if aspect in changed:
+                body.update({k: full[k] for k in keys if k in full})
+        if "attendees" in changed:  # the room in the location follows the attendees
+            body["location"] = full["location"]
+        updated = normalize_event(
+            await self._send("PATCH", self._events_url(mailbox, suite_id), body),
+            self.config.timezone,
+        )
+        updated.calsync_key = updated.calsync_key or event.key or current.calsync_key
+        return updated
 
     async def delete_event(self, mailbox: str, suite_id: str) -> None:
         await self._send("DELETE", self._events_url(mailbox, suite_id), missing_ok=True)
@@ -609,6 +669,32 @@ def _unreadable(item: dict[str, Any], reason: str) -> SuiteEvent:
     )
     event.extra["unreadable"] = reason
     return event
+
+
+# What a PATCH carries for each aspect ``write_differences`` reports.
+PATCH_FIELDS: dict[str, tuple[str, ...]] = {
+    "subject": ("subject",),
+    "body": ("body",),
+    "times": ("start", "end", "isAllDay"),
+    "location": ("location",),
+    "attendees": ("attendees",),
+    "sensitivity": ("sensitivity",),
+    "key": ("singleValueExtendedProperties",),
+}
+
+# 404 codes that mean the user (mailbox), not the item, is unknown.
+MAILBOX_ERROR_CODES = frozenset(
+    {"errorinvaliduser", "mailboxnotenabledforrestapi", "errornonexistentmailbox"}
+)
+
+
+def _error_code(exc: BaseException) -> str:
+    """The ``error.code`` of the body the hook raised with, or ""."""
+    arg = exc.args[0] if exc.args else None
+    if isinstance(arg, dict):
+        err = arg.get("error") if isinstance(arg.get("error"), dict) else arg
+        return str(err.get("code") or "")
+    return ""
 
 
 def _error_text(exc: BaseException) -> str:
