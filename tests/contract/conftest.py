@@ -44,6 +44,8 @@ class ContractEnv(Protocol):
     def throttle(self, rate_429: float, retry_after_s: int) -> None: ...
     def violations(self) -> int: ...
     def connector(self) -> SuiteConnector: ...
+    def with_invitations(self) -> None: ...
+    def messages_sent(self) -> int: ...
 
 
 class GraphEnv:
@@ -96,6 +98,13 @@ class GraphEnv:
     def connector(self) -> SuiteConnector:
         return connector_for(self.config)
 
+    def with_invitations(self) -> None:
+        """Graph always sends meeting messages for an organiser's writes."""
+
+    def messages_sent(self) -> int:
+        kinds = ("invitations_sent", "updates_sent", "cancellations_sent")
+        return sum(sum(self.server.stats[kind].values()) for kind in kinds)
+
 
 class ExchangeEnv:
     name = "exchange"
@@ -103,10 +112,13 @@ class ExchangeEnv:
 
     def __init__(self, server: Any) -> None:
         self.server = server
-        self.config = parse_integration(
+        self.config = self._config("")
+
+    def _config(self, extra: str) -> IntegrationConfig:
+        return parse_integration(
             Path("contract_exchange.yaml"),
             f"name: contract\ntype: exchange\nconnection_id: {EWS_CONN}\ntimezone: {ZONE}\n"
-            f"exchange: {{server: '{server.service_endpoint}'}}\n",
+            f"exchange: {{server: '{self.server.service_endpoint}'{extra}}}\n",
         )
 
     def seed(self, mailbox: str, events: list[Seed]) -> None:
@@ -139,6 +151,12 @@ class ExchangeEnv:
     def connector(self) -> SuiteConnector:
         return connector_for(self.config)
 
+    def with_invitations(self) -> None:
+        self.config = self._config(", invitation_mode: SendOnlyToAll")
+
+    def messages_sent(self) -> int:
+        return len(self.server.messages)
+
 
 class AlimailEnv:
     name = "alimail_v2"
@@ -146,10 +164,13 @@ class AlimailEnv:
 
     def __init__(self, server: Any) -> None:
         self.server = server
-        self.config = parse_integration(
+        self.config = self._config("")
+
+    def _config(self, extra: str) -> IntegrationConfig:
+        return parse_integration(
             Path("contract_alimail.yaml"),
             f"name: contract\ntype: alimail_v2\nconnection_id: {ALIMAIL_CONN}\ntimezone: {ZONE}\n"
-            f"alimail: {{endpoint: '{server.endpoint}'}}\n",
+            f"alimail: {{endpoint: '{self.server.endpoint}'{extra}}}\n",
         )
 
     def seed(self, mailbox: str, events: list[Seed]) -> None:
@@ -188,6 +209,12 @@ class AlimailEnv:
 
     def connector(self) -> SuiteConnector:
         return connector_for(self.config)
+
+    def with_invitations(self) -> None:
+        self.config = self._config(", send_notifications: true")
+
+    def messages_sent(self) -> int:
+        return sum(self.server.stats["notifications"].values())
 
 
 @pytest.fixture(scope="session")
