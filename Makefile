@@ -14,8 +14,8 @@ $(STAMP): requirements.txt constraints.txt
 	$(BIN)/pip install -q -r requirements.txt -c constraints.txt
 	touch $(STAMP)
 
-## Seed an embedded SQLite OA and a local Office 365 emulator, run the integration DAG once
-## (`airflow dags test`), print what was synced.
+## Seed an embedded SQLite OA and local Office 365, Exchange and Alibaba Mail emulators, run
+## the three demo integrations' DAGs once each (dag.test()), print what each synced.
 demo: venv
 	$(BIN)/python scripts/demo.py run
 

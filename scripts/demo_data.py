@@ -1,8 +1,11 @@
-"""Demo calendar data for the Office 365 emulator, relative to "today" so the demo's window
-always has something in it: meetings with in-scope, external and room attendees (delivered to
-every attendee's mailbox, as Exchange does), all-day and multi-day events, a recurring series
-with a moved and a cancelled occurrence, a private event, one the title filter skips, CJK,
-emoji and HTML bodies, an event created in New York time, and one outside the window."""
+"""Demo calendar data for the three suite emulators, relative to "today" so the demo's window
+always has something in it.
+
+``graph_seed`` (Office 365): meetings with in-scope, external and room attendees (delivered to
+every attendee's mailbox, as Exchange does), all-day and multi-day events, a recurring series,
+a private event, one the title filter skips, CJK, emoji and HTML bodies, an event created in
+New York time, and one outside the window. ``exchange_seed`` (Exchange Server, EWS) and
+``alimail_seed`` (Alibaba Mail V2): see their docstrings."""
 
 from __future__ import annotations
 
@@ -159,3 +162,202 @@ def graph_seed(today: dt.date, people: list[tuple[str, str]]) -> dict[str, Any]:
         },
     )
     return {"mailboxes": mailboxes}
+
+
+def _ews_at(day: dt.date, hour: int, minute: int = 0) -> str:
+    return f"{day.isoformat()}T{hour:02d}:{minute:02d}:00"
+
+
+def exchange_seed(today: dt.date, people: list[tuple[str, str]]) -> dict[str, Any]:
+    """Seed JSON for ``emulators.ews`` (the on-premises Exchange demo): every person's mailbox
+    and the room mailboxes; meetings are delivered to attendees' mailboxes as Exchange does
+    (one meeting, one OA schedule, a link per in-scope copy). The demo's Exchange integration
+    covers 研发部 (李娜, 王芳, 刘洋): a review with a room and an external guest, a daily
+    stand-up series with one moved and one cancelled occurrence, a two-day trip (all-day), a
+    private appointment, a call set up in Pacific time, one the title filter skips and one
+    outside the window. Times are China Standard Time unless said otherwise."""
+    by_name = {email.split("@")[0]: (email, name) for email, name in people}
+    (lina, _), (wang, _), (liu, _) = by_name["lina"], by_name["wangfang"], by_name["liuyang"]
+    zhang = by_name["zhangwei"][0]
+    day = dt.timedelta(days=1)
+    boxes: dict[str, dict[str, Any]] = {
+        email: {"display_name": name, "events": []} for email, name in people
+    }
+    boxes["meeting01@contoso.com"] = {"display_name": "会议室01", "kind": "Room", "events": []}
+    boxes["meeting02@contoso.com"] = {"display_name": "会议室02", "kind": "Room", "events": []}
+
+    def add(owner: str, event: dict[str, Any]) -> None:
+        # Stable ids and UIDs: re-seeding the emulator (each demo run) gives the same items.
+        key = hashlib.sha256(f"ews|{owner}|{event['subject']}".encode()).hexdigest().upper()
+        event.setdefault("id", f"AAMkADemoEws{key[:48]}")
+        event.setdefault("uid", f"040000008200E00074C5B7101A82E008{key[:32]}")
+        event.setdefault("timezone", "China Standard Time")
+        boxes[owner]["events"].append(event)
+
+    add(
+        lina,
+        {
+            "subject": "架构评审 Architecture review",
+            "start": _ews_at(today, 14),
+            "end": _ews_at(today, 15, 30),
+            "location": "会议室02",
+            "body": "<p>评审 <b>同步引擎</b> design &amp; rollout</p>",
+            "required_attendees": [wang, liu, "architect@fabrikam.com"],
+            "optional_attendees": [zhang],
+            "resources": ["meeting02@contoso.com"],
+        },
+    )
+    add(
+        wang,
+        {
+            "subject": "平台组站会 Platform stand-up",
+            "start": _ews_at(today - 2 * day, 9, 15),
+            "end": _ews_at(today - 2 * day, 9, 30),
+            "required_attendees": [lina, liu],
+            "recurrence": {
+                "pattern": {"type": "daily", "interval": 1},
+                "range": {"type": "numbered", "numberOfOccurrences": 8},
+            },
+            "modified_occurrences": [
+                {
+                    "original_start": _ews_at(today + day, 9, 15),
+                    "subject": "平台组站会 Platform stand-up (moved to the afternoon)",
+                    "start": _ews_at(today + day, 16),
+                    "end": _ews_at(today + day, 16, 15),
+                }
+            ],
+            "deleted_occurrences": [_ews_at(today, 9, 15)],
+        },
+    )
+    add(
+        liu,
+        {
+            "subject": "出差 深圳 Business trip to Shenzhen",
+            "is_all_day": True,
+            "start": (today + day).isoformat(),
+            "end": (today + 3 * day).isoformat(),
+            "legacy_free_busy_status": "OOF",
+        },
+    )
+    add(
+        lina,
+        {
+            "subject": "体检 Health check",
+            "sensitivity": "Private",
+            "start": _ews_at(today + 2 * day, 8, 30),
+            "end": _ews_at(today + 2 * day, 10),
+        },
+    )
+    add(
+        wang,
+        {
+            "subject": "Sync with the Seattle team",
+            "timezone": "Pacific Standard Time",
+            "start": _ews_at(today - day, 17),
+            "end": _ews_at(today - day, 18),
+            "required_attendees": ["seattle.team@fabrikam.com"],
+        },
+    )
+    add(
+        liu,
+        {
+            "subject": "[no-sync] 私事 personal errand",
+            "start": _ews_at(today, 12),
+            "end": _ews_at(today, 13),
+        },
+    )
+    add(
+        lina,
+        {
+            "subject": "季度规划 Quarterly planning (outside the window)",
+            "start": _ews_at(today + 9 * day, 10),
+            "end": _ews_at(today + 9 * day, 12),
+        },
+    )
+    return {"mailboxes": boxes}
+
+
+def _ali_at(day: dt.date, hour: int, minute: int = 0) -> dict[str, str]:
+    return {"dateTime": f"{day.isoformat()}T{hour:02d}:{minute:02d}:00", "timeZone": ZONE}
+
+
+def alimail_seed(today: dt.date, people: list[tuple[str, str]]) -> dict[str, Any]:
+    """Seed JSON for ``emulators.alimail`` (the Alibaba Mail V2 demo): every person's mailbox
+    (default calendar 我的日历 plus 项目日历). Alibaba Mail delivers nothing between mailboxes
+    here, so each meeting sits in its organiser's calendar only. The demo's Alibaba integration
+    covers 销售部 (陈静, 赵四): a customer visit with an external guest, a daily sales call
+    series, an all-day event, one the title filter skips, and one in the 项目日历 folder, which
+    the integration does not read (it reads the default calendar)."""
+    by_name = {email.split("@")[0]: (email, name) for email, name in people}
+    (chen, chen_name), (zhao, zhao_name) = by_name["chenjing"], by_name["zhao4b"]
+    day = dt.timedelta(days=1)
+    boxes: dict[str, dict[str, Any]] = {
+        email: {"displayName": name, "events": []} for email, name in people
+    }
+
+    def add(owner: str, event: dict[str, Any]) -> None:
+        # Stable ids: re-seeding the emulator (each demo run) gives the same items again.
+        key = hashlib.sha256(f"alimail|{owner}|{event['subject']}".encode()).hexdigest()
+        event.setdefault("id", f"ev_demo{key[:24]}")
+        event.setdefault("iCalUId", f"{key[:32]}@alimail.demo")
+        boxes[owner]["events"].append(event)
+
+    add(
+        chen,
+        {
+            "subject": "客户拜访 Customer visit: Fabrikam",
+            "start": _ali_at(today, 15),
+            "end": _ali_at(today, 17),
+            "location": {"displayName": "Fabrikam 上海办公室"},
+            "attendees": [
+                {"email": zhao, "name": zhao_name, "type": "required"},
+                {"email": "buyer@fabrikam.com", "name": "Fabrikam Buyer", "type": "required"},
+            ],
+            "body": {"contentType": "text", "content": "带上报价单 bring the quote"},
+        },
+    )
+    add(
+        chen,
+        {
+            "subject": "销售晨会 Sales morning call",
+            "start": _ali_at(today - day, 8, 45),
+            "end": _ali_at(today - day, 9),
+            "attendees": [{"email": zhao, "name": zhao_name, "type": "required"}],
+            "recurrence": {
+                "pattern": {"type": "daily", "interval": 1},
+                "range": {
+                    "type": "numbered",
+                    "numberOfOccurrences": 4,
+                    "startDate": (today - day).isoformat(),
+                },
+            },
+        },
+    )
+    add(
+        zhao,
+        {
+            "subject": "广州展会 Trade fair in Guangzhou",
+            "isAllDay": True,
+            "start": {"date": (today + 2 * day).isoformat()},
+            "end": {"date": (today + 3 * day).isoformat()},
+        },
+    )
+    add(
+        zhao,
+        {
+            "subject": "[no-sync] 私事 personal errand",
+            "start": _ali_at(today + day, 18),
+            "end": _ali_at(today + day, 19),
+        },
+    )
+    add(
+        chen,
+        {
+            "calendar": "项目日历",
+            "subject": "项目日历里的日程 An event in another calendar folder",
+            "start": _ali_at(today + day, 10),
+            "end": _ali_at(today + day, 11),
+            "attendees": [{"email": chen, "name": chen_name, "type": "required"}],
+        },
+    )
+    return {"mailboxes": boxes}

@@ -425,15 +425,22 @@ class Store:
             return self.create(mailbox, calendar_id, event, notify)
 
     def create(
-        self, mailbox: str, calendar_id: str, event: dict[str, Any], notify: bool
+        self,
+        mailbox: str,
+        calendar_id: str,
+        event: dict[str, Any],
+        notify: bool,
+        given_id: str | None = None,
     ) -> dict[str, Any]:
+        """``given_id`` (seeds only): the event's id, unless the mailbox already has it."""
         with self._lock:
             box = self.mailbox(mailbox)
             self._calendar(box, calendar_id)
             if not isinstance(event, dict):
                 raise bad_request("the event must be a JSON object")
             data = {k: copy.deepcopy(v) for k, v in event.items() if k not in READ_ONLY}
-            event_id = "ev_" + secrets.token_urlsafe(18).replace("_", "x")
+            event_id = given_id if given_id and given_id not in box.items else None
+            event_id = event_id or "ev_" + secrets.token_urlsafe(18).replace("_", "x")
             stamp = _now()
             data.update(
                 {
@@ -635,8 +642,9 @@ class Store:
 
     def load_seed(self, seed: dict[str, Any]) -> dict[str, int]:
         """``{"mailboxes": {address: {"displayName"?, "calendars"?: [names], "events": [
-        {..., "calendar"?: name}]}}}``; events go to the default calendar unless named.
-        Sends no notifications. Returns counts."""
+        {..., "calendar"?: name}]}}}``; events go to the default calendar unless named, and
+        keep an ``id`` they carry (so a re-seed gives the same ids). Sends no notifications.
+        Returns counts."""
         boxes = seed.get("mailboxes") or {}
         created = 0
         with self._lock:
@@ -648,6 +656,7 @@ class Store:
             for address, spec in boxes.items():
                 for event in (spec or {}).get("events") or []:
                     body = {k: v for k, v in event.items() if k != "calendar"}
-                    self.add_event(address, body, event.get("calendar"))
+                    calendar_id = self.calendar_id(address, event.get("calendar"))
+                    self.create(address, calendar_id, body, False, given_id=event.get("id"))
                     created += 1
         return {"mailboxes": len(boxes), "events": created}
