@@ -166,6 +166,13 @@ class Execution(_Strict):
     concurrency: int = Field(8, ge=1, le=64)  # mailboxes read at once inside a task
     retries: int = Field(2, ge=0, le=10)
     retry_delay_s: int = Field(60, ge=0, le=3600)
+    # Reverse sync: one change's delivery is retried with exponential back-off
+    # (retry_backoff_s, doubling, at most retry_backoff_max_s) and marked dead after
+    # max_attempts; a drain's claim on a change lapses after claim_lease_s.
+    max_attempts: int = Field(8, ge=1, le=100)
+    retry_backoff_s: float = Field(10, ge=0, le=3600)
+    retry_backoff_max_s: float = Field(3600, ge=0, le=86400)
+    claim_lease_s: int = Field(300, ge=5, le=86400)
 
     def batches(self, items: list[Any]) -> list[list[Any]]:
         if len(items) <= self.per_user_task_limit:
@@ -190,6 +197,10 @@ class IntegrationConfig(_Strict):
     timezone: str = "Asia/Shanghai"
     mapping: str | None = None  # name of include/mappings/mappings/<name>.yaml
     filters: list[str] = Field(default_factory=lambda: ["skip_cancelled"])
+    reverse_mapping: str | None = None  # default <suite>_reverse
+    reverse_filters: list[str] = Field(default_factory=list)
+    # Two-way: who wins when a schedule changed on both sides since the last sync.
+    conflict_policy: Literal["oa_wins", "suite_wins", "latest_wins"] = "latest_wins"
     variables: dict[str, str | int | float | bool] = Field(default_factory=dict)
     office365: Office365Params | None = None
     exchange: ExchangeParams | None = None
@@ -267,9 +278,16 @@ class IntegrationConfig(_Strict):
         return self.direction in ("reverse", "both")
 
     @property
+    def suite_family(self) -> str:
+        return "office365" if self.type.startswith("office365") else self.type.split("_")[0]
+
+    @property
     def mapping_name(self) -> str:
-        suite = "office365" if self.type.startswith("office365") else self.type.split("_")[0]
-        return self.mapping or f"{suite}_forward"
+        return self.mapping or f"{self.suite_family}_forward"
+
+    @property
+    def reverse_mapping_name(self) -> str:
+        return self.reverse_mapping or f"{self.suite_family}_reverse"
 
 
 @dataclass(frozen=True)
@@ -346,10 +364,18 @@ def parse_integration(path: Path, text: str, display: str | None = None) -> Inte
 
 def check_references(config: IntegrationConfig, library: Any, display: str) -> None:
     """Check the mapping and filter names a config uses against the mapping library."""
-    problems = library.check_refs(config.mapping_name, list(config.filters), "forward")
-    if problems:
-        field = "mapping" if "mapping" in problems[0] else "filters"
-        raise ConfigError(display, field, "; ".join(problems))
+    if config.forward:
+        problems = library.check_refs(config.mapping_name, list(config.filters), "forward")
+        if problems:
+            field = "mapping" if "mapping" in problems[0] else "filters"
+            raise ConfigError(display, field, "; ".join(problems))
+    if config.reverse:
+        problems = library.check_refs(
+            config.reverse_mapping_name, list(config.reverse_filters), "reverse"
+        )
+        if problems:
+            field = "reverse_mapping" if "mapping" in problems[0] else "reverse_filters"
+            raise ConfigError(display, field, "; ".join(problems))
 
 
 def load_integrations(directory: Path, library: Any | None = None) -> list[LoadedConfig]:

@@ -91,6 +91,8 @@ def _run_info(config: IntegrationConfig, context: Any) -> Any:
         integration_id=config.id,
         dag_id=getattr(dag_run, "dag_id", None),
         run_id=getattr(dag_run, "run_id", None),
+        two_way=config.direction == "both",
+        conflict_policy=config.conflict_policy,
     )
 
 

@@ -125,10 +125,9 @@ meetings = sa.Table(
         index=True,
     ),
     sa.Column("owner_mailbox", sa.String(320), nullable=False),
+    # The OA content both sides agreed on at the last sync (either direction), as a hash of
+    # the schedule's data: reverse sync pushes only when the OA differs from it.
     sa.Column("content_hash", sa.String(64), nullable=False, server_default=""),
-    # Hash of the OA content reverse sync last pushed (cleared when forward sync rewrites the
-    # schedule), so a change notice for content the suite already has is not pushed again.
-    sa.Column("pushed_hash", sa.String(64), nullable=False, server_default=""),
     sa.UniqueConstraint("integration_id", "identity_key", name="uq_calsync_meetings_identity"),
 )
 

@@ -201,6 +201,10 @@ class RunInfo:
     integration_id: str
     dag_id: str | None = None
     run_id: str | None = None
+    # Two-way (direction both): deletions of linked schedules propagate, and a suite change
+    # meeting an OA change not yet pushed is a conflict settled by ``conflict_policy``.
+    two_way: bool = False
+    conflict_policy: str = "latest_wins"
 
 
 @dataclass(slots=True)
@@ -303,8 +307,11 @@ def apply_plan(
             }
         )
 
+    held = _oa_changes_pending(conn, plan, run)
     for action in plan.actions:
-        if isinstance(action, Create):
+        if isinstance(action, Create | LinkTo) and _adopt(conn, action, plan, run, now, log):
+            pass
+        elif isinstance(action, Create):
             item, data = action.item, action.item.data
             assert data is not None
             schedule_id = conn.execute(
@@ -348,7 +355,9 @@ def apply_plan(
                     **_link_values(item),
                 )
             )
-            if action.write_schedule:
+            if action.write_schedule and _suite_wins(
+                conn, held, meeting.schedule_id, item, run, log
+            ):
                 _update_schedule(
                     conn,
                     meeting.id,
@@ -368,7 +377,11 @@ def apply_plan(
                 .where(t.links.c.id == link.id)
                 .values(updated_at=now, **_link_values(item))
             )
-            if action.write_schedule:
+            if action.write_schedule and not _suite_wins(
+                conn, held, link.schedule_id, item, run, log
+            ):
+                pass
+            elif action.write_schedule:
                 if action.meeting is None:
                     conn.execute(
                         sa.insert(t.meetings).values(
@@ -403,6 +416,155 @@ def apply_plan(
         elif isinstance(action, Fail):
             log("failed", action.item, None, action.item.error or "")
     return outcome, logs
+
+
+def _adopt(
+    conn: sa.Connection,
+    action: Create | LinkTo,
+    plan: MailboxPlan,
+    run: RunInfo,
+    now: dt.datetime,
+    log: Any,
+) -> bool:
+    """An event reverse sync made for an OA schedule, met before reverse sync recorded its
+    link (it crashed, or is still at work): link it to that schedule, never a second one.
+
+    If an attendee's copy (which carries no calsync key) was read first, this run already made
+    a schedule for the meeting: that schedule, created by this integration a moment ago, is
+    merged into the OA's own one (links and meeting moved, the duplicate deleted)."""
+    item = action.item
+    adopted = _adoptable(conn, run.integration_id, item.event.calsync_key)
+    if adopted is None:
+        return False
+    if isinstance(action, LinkTo):
+        dup = action.meeting.schedule_id
+        source = conn.execute(
+            sa.select(t.schedules.c.source_integration).where(t.schedules.c.id == dup)
+        ).scalar()
+        if dup == adopted or source != run.integration_id:
+            return False
+        conn.execute(
+            sa.update(t.links)
+            .where(t.links.c.integration_id == run.integration_id, t.links.c.schedule_id == dup)
+            .values(schedule_id=adopted)
+        )
+        conn.execute(
+            sa.update(t.meetings)
+            .where(t.meetings.c.id == action.meeting.id)
+            .values(schedule_id=adopted, owner_mailbox=plan.mailbox, content_hash=item.hash)
+        )
+        conn.execute(sa.delete(t.participants).where(t.participants.c.schedule_id == dup))
+        conn.execute(sa.delete(t.schedules).where(t.schedules.c.id == dup))
+        note = f"the event calsync created for this OA schedule; merged duplicate schedule {dup}"
+    else:
+        conn.execute(
+            sa.insert(t.meetings).values(
+                integration_id=run.integration_id,
+                identity_key=item.event.identity_key[:400],
+                schedule_id=adopted,
+                owner_mailbox=plan.mailbox,
+                content_hash=item.hash,
+            )
+        )
+        note = "the event calsync created for this OA schedule"
+    conn.execute(
+        sa.insert(t.links).values(
+            integration_id=run.integration_id,
+            mailbox=plan.mailbox,
+            schedule_id=adopted,
+            created_at=now,
+            updated_at=now,
+            **_link_values(item),
+        )
+    )
+    log("linked", item, adopted, note)
+    return True
+
+
+def _adoptable(conn: sa.Connection, integration_id: str, key: str | None) -> int | None:
+    """The OA schedule a calsync key of this integration names, if it still exists."""
+    prefix = f"calsync:{integration_id}:"
+    if not key or not key.startswith(prefix) or not key[len(prefix) :].isdigit():
+        return None
+    schedule_id = int(key[len(prefix) :])
+    found = conn.execute(
+        sa.select(t.schedules.c.id).where(t.schedules.c.id == schedule_id)
+    ).scalar()
+    taken = conn.execute(
+        sa.select(t.meetings.c.id).where(
+            t.meetings.c.integration_id == integration_id,
+            t.meetings.c.schedule_id == schedule_id,
+        )
+    ).first()
+    return found if found is not None and taken is None else None
+
+
+def _oa_changes_pending(conn: sa.Connection, plan: MailboxPlan, run: RunInfo) -> set[int]:
+    """Two-way: schedules of this plan with OA changes reverse sync has not pushed yet."""
+    if not run.two_way:
+        return set()
+    ids: set[int] = set()
+    for action in plan.actions:
+        if isinstance(action, Update) and action.write_schedule:
+            ids.add(action.link.schedule_id)
+        elif isinstance(action, LinkTo) and action.write_schedule:
+            ids.add(action.meeting.schedule_id)
+    if not ids:
+        return set()
+    d, ob = t.deliveries, t.outbox
+    pending = set(
+        conn.execute(
+            sa.select(d.c.schedule_id).where(
+                d.c.integration_id == run.integration_id,
+                d.c.status.in_(("pending", "dead")),
+                d.c.schedule_id.in_(ids),
+            )
+        ).scalars()
+    )
+    pending |= set(
+        conn.execute(
+            sa.select(ob.c.schedule_id).where(
+                ob.c.routed_at.is_(None), ob.c.origin == "oa", ob.c.schedule_id.in_(ids)
+            )
+        ).scalars()
+    )
+    return pending
+
+
+def _suite_wins(
+    conn: sa.Connection, held: set[int], schedule_id: int, item: Prepared, run: RunInfo, log: Any
+) -> bool:
+    """Whether forward sync may write the suite's version over the schedule: always, unless
+    the OA changed it too since the last sync (a conflict, settled by the policy and logged)."""
+    if schedule_id not in held:
+        return True
+    policy = run.conflict_policy
+    if policy == "latest_wins":
+        oa_time = conn.execute(
+            sa.select(t.schedules.c.updated_at).where(t.schedules.c.id == schedule_id)
+        ).scalar()
+        suite_time = item.event.last_modified
+        wins = (
+            suite_time is not None
+            and oa_time is not None
+            and suite_time > oa_time.replace(tzinfo=dt.UTC)
+        )
+    else:
+        wins = policy == "suite_wins"
+    verdict = "suite version written" if wins else "OA version kept (reverse sync pushes it)"
+    log("conflict", item, schedule_id, f"conflict: edited on both sides; {policy}: {verdict}")
+    if wins:
+        # the OA's pending change is superseded: reverse sync finds nothing left to push
+        conn.execute(
+            sa.update(t.deliveries)
+            .where(
+                t.deliveries.c.integration_id == run.integration_id,
+                t.deliveries.c.schedule_id == schedule_id,
+                t.deliveries.c.status == "dead",
+            )
+            .values(status="done", last_error="superseded by the suite's newer version")
+        )
+    return wins
 
 
 def _update_schedule(
@@ -462,14 +624,15 @@ def _drop(conn: sa.Connection, action: Drop, run: RunInfo, log: Any) -> None:
             t.meetings.c.schedule_id == link.schedule_id,
         )
     )
-    if schedule is not None and schedule.source_integration == run.integration_id:
+    if schedule is not None and (schedule.source_integration == run.integration_id or run.two_way):
         conn.execute(
             sa.delete(t.participants).where(t.participants.c.schedule_id == link.schedule_id)
         )
         conn.execute(sa.delete(t.schedules).where(t.schedules.c.id == link.schedule_id))
         log("deleted", None, link.schedule_id, action.reason, suite_id=link.suite_id, title=title)
     else:
-        # E17: a schedule this integration did not create is only unlinked, never deleted.
+        # E17: a schedule this integration did not create is only unlinked, never deleted
+        # (two-way: a linked schedule's deletion propagates, whoever created it).
         log(
             "unlinked",
             None,

@@ -36,7 +36,7 @@ from calsync.config import IntegrationConfig
 from calsync.connectors.base import ChangeSet, IncrementalNotSupported, SuiteConnector
 from calsync.errors import AccountMissing, ConnectorError, MailboxNotFound
 from calsync.model import OAUser, SuiteEvent, Window
-from calsync.oa import store
+from calsync.oa import outbox, store
 from calsync.sync.plan import plan_mailbox
 from calsync.sync.prepare import PrepareContext, prepare_event
 
@@ -142,7 +142,10 @@ def apply_mailbox(
     removed = changes.removed if changes is not None and not changes.full else None
     for attempt in range(1, APPLY_ATTEMPTS + 1):
         try:
-            with engine.begin() as conn:
+            with (
+                engine.begin() as conn,
+                outbox.write_origin(conn, outbox.forward_origin(config.id)),
+            ):
                 links, meetings = store.load_mailbox_state(conn, config.id, user.mailbox, keys)
                 plan = plan_mailbox(
                     user.mailbox, prepared, links, meetings, window, in_scope, removed

@@ -210,10 +210,6 @@ def _create_tables() -> None:
         sa.Index("ix_calsync_deliveries_due", "integration_id", "status", "next_attempt_at"),
         **_MYSQL,
     )
-    op.add_column(
-        "calsync_meetings",
-        sa.Column("pushed_hash", sa.String(64), nullable=False, server_default=""),
-    )
 
 
 def _statements(up: bool) -> list[str]:
@@ -236,8 +232,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     for stmt in _statements(up=False):
         op.execute(stmt)
-    with op.batch_alter_table("calsync_meetings") as batch:
-        batch.drop_column("pushed_hash")
     for table in (
         "calsync_deliveries",
         "calsync_deleted_links",

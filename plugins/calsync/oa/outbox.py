@@ -1,0 +1,328 @@
+"""The OA side of reverse sync: write origin, routing outbox rows to deliveries, claims.
+
+Flow (DESIGN, data flow): triggers write ``calsync_outbox`` rows (migration 0003) → ``route``
+claims unrouted rows, and for each schedule changed by the OA (not by calsync, F25) upserts one
+pending ``calsync_deliveries`` row per reverse integration whose scope holds the schedule's
+creator → ``claim`` hands due deliveries of one integration to one drain → the drain marks
+each ``finish`` (done, unless a newer change arrived meanwhile) or ``fail`` (retry with
+back-off; ``dead`` after the last attempt).
+
+Concurrency: rows are claimed with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL and MariaDB (two
+drains take disjoint rows without waiting), and SQLite's single writer (calsync begins its
+transactions IMMEDIATE) serialises claims there. A claim is a lease: a drain killed mid-work
+leaves rows that another drain takes over once the lease ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import secrets
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from calsync.oa import schema as t
+
+ORIGIN_OA = "oa"
+_CHUNK = 500  # ids per IN (...) list
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def forward_origin(integration_id: str) -> str:
+    return f"calsync:{integration_id}"[:100]
+
+
+@contextlib.contextmanager
+def write_origin(conn: sa.Connection, origin: str) -> Iterator[None]:
+    """Mark the caller's transaction as calsync's: triggers fired inside it record ``origin``.
+
+    The marker row is deleted again before the caller commits, so no other transaction ever
+    sees it; on an error the whole transaction (marker included) is rolled back."""
+    token = secrets.token_hex(16)
+    conn.execute(sa.insert(t.write_origin).values(token=token, origin=origin))
+    yield
+    conn.execute(sa.delete(t.write_origin).where(t.write_origin.c.token == token))
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _skip_locked(query: sa.Select[Any], conn: sa.Connection) -> sa.Select[Any]:
+    if conn.dialect.name == "sqlite":
+        return query  # no row locks; the IMMEDIATE transaction is the lock
+    return query.with_for_update(skip_locked=True)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTarget:
+    """A reverse integration and the OA user ids in its scope."""
+
+    integration_id: str
+    user_ids: frozenset[int]
+
+
+@dataclass(slots=True)
+class RouteResult:
+    rows: int = 0  # outbox rows consumed
+    echoes: int = 0  # rows written by calsync itself (F25: never pushed back)
+    deliveries: int = 0  # (integration, schedule) deliveries made pending
+    out_of_scope: int = 0  # schedules no reverse integration covers
+
+
+def _upsert_deliveries(conn: sa.Connection, rows: list[dict[str, Any]], now: dt.datetime) -> None:
+    """Insert or re-arm deliveries: a new change makes even a dead delivery pending again."""
+    if not rows:
+        return
+    name = conn.dialect.name
+    table = t.deliveries
+    rearm = {
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "updated_at": now,
+    }
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        stmt = pg_insert(table)
+        stmt = stmt.on_conflict_do_update(
+            constraint="uq_calsync_deliveries_schedule",
+            set_={**rearm, "outbox_id": stmt.excluded.outbox_id},
+        )
+    elif name in ("mysql", "mariadb"):
+        from sqlalchemy.dialects.mysql import insert as my_insert
+
+        stmt = my_insert(table)
+        stmt = stmt.on_duplicate_key_update(**rearm, outbox_id=stmt.inserted.outbox_id)
+        # PyMySQL's executemany rewrites INSERT … VALUES and trips over the ON DUPLICATE KEY
+        # tail (``format requires a mapping``): one statement per row instead.
+        for row in rows:
+            conn.execute(stmt, row)
+        return
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sq_insert
+
+        stmt = sq_insert(table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["integration_id", "schedule_id"],
+            set_={**rearm, "outbox_id": stmt.excluded.outbox_id},
+        )
+    conn.execute(stmt, rows)
+
+
+def route(conn: sa.Connection, targets: Iterable[RouteTarget], limit: int = 5000) -> RouteResult:
+    """Consume up to ``limit`` unrouted outbox rows inside the caller's transaction."""
+    now = utcnow()
+    ob = t.outbox
+    rows = conn.execute(
+        _skip_locked(
+            sa.select(ob.c.id, ob.c.schedule_id, ob.c.origin, ob.c.creator_id)
+            .where(ob.c.routed_at.is_(None))
+            .order_by(ob.c.id)
+            .limit(limit),
+            conn,
+        )
+    ).all()
+    result = RouteResult(rows=len(rows))
+    if not rows:
+        return result
+    newest: dict[int, int] = {}  # schedule id → newest OA-made change
+    creators: dict[int, int] = {}
+    for row in rows:
+        if row.origin != ORIGIN_OA:
+            result.echoes += 1
+            continue
+        newest[row.schedule_id] = max(row.id, newest.get(row.schedule_id, 0))
+        if row.creator_id is not None:
+            creators[row.schedule_id] = row.creator_id
+    missing = [sid for sid in newest if sid not in creators]
+    for chunk in _chunks(missing):
+        for sid, creator in conn.execute(
+            sa.select(t.schedules.c.id, t.schedules.c.creator_id).where(t.schedules.c.id.in_(chunk))
+        ):
+            creators[sid] = creator
+    targets = list(targets)
+    pending: list[dict[str, Any]] = []
+    for sid, outbox_id in newest.items():
+        creator = creators.get(sid)
+        hits = [tg for tg in targets if creator is not None and creator in tg.user_ids]
+        if not hits:
+            result.out_of_scope += 1
+        for tg in hits:
+            pending.append(
+                {
+                    "integration_id": tg.integration_id,
+                    "schedule_id": sid,
+                    "outbox_id": outbox_id,
+                    "status": "pending",
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "last_error": "",
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+    _upsert_deliveries(conn, pending, now)
+    result.deliveries = len(pending)
+    ids = [row.id for row in rows]
+    for chunk in _chunks(ids):
+        conn.execute(sa.update(ob).where(ob.c.id.in_(chunk)).values(routed_at=now))
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    id: int
+    schedule_id: int
+    outbox_id: int
+    attempts: int
+
+
+def claim(
+    conn: sa.Connection,
+    integration_id: str,
+    worker: str,
+    *,
+    limit: int,
+    lease: dt.timedelta,
+    exclude: Iterable[int] = (),
+) -> list[Claimed]:
+    """Take up to ``limit`` due pending deliveries of one integration (caller's transaction);
+    ``exclude``: deliveries this drain already tried (a retry waits for a later drain)."""
+    now = utcnow()
+    d = t.deliveries
+    rows = conn.execute(
+        _skip_locked(
+            sa.select(d.c.id, d.c.schedule_id, d.c.outbox_id, d.c.attempts)
+            .where(
+                d.c.integration_id == integration_id,
+                d.c.status == "pending",
+                d.c.next_attempt_at <= now,
+                sa.or_(d.c.claim_expires_at.is_(None), d.c.claim_expires_at < now),
+                *([d.c.id.not_in(list(exclude))] if exclude else []),
+            )
+            .order_by(d.c.next_attempt_at, d.c.id)
+            .limit(limit),
+            conn,
+        )
+    ).all()
+    claimed = [Claimed(r.id, r.schedule_id, r.outbox_id, r.attempts) for r in rows]
+    for chunk in _chunks([c.id for c in claimed]):
+        conn.execute(
+            sa.update(d)
+            .where(d.c.id.in_(chunk))
+            .values(claimed_by=worker[:100], claim_expires_at=now + lease, updated_at=now)
+        )
+    return claimed
+
+
+def finish(conn: sa.Connection, item: Claimed) -> bool:
+    """Mark a delivery done; False (left pending, claim released) when a newer change of the
+    schedule arrived while it was being delivered."""
+    d = t.deliveries
+    now = utcnow()
+    done = conn.execute(
+        sa.update(d)
+        .where(d.c.id == item.id, d.c.outbox_id == item.outbox_id)
+        .values(
+            status="done",
+            attempts=0,
+            last_error="",
+            claimed_by=None,
+            claim_expires_at=None,
+            updated_at=now,
+        )
+    ).rowcount
+    if not done:
+        release(conn, item)
+    return bool(done)
+
+
+def release(conn: sa.Connection, item: Claimed) -> None:
+    conn.execute(
+        sa.update(t.deliveries)
+        .where(t.deliveries.c.id == item.id)
+        .values(claimed_by=None, claim_expires_at=None, updated_at=utcnow())
+    )
+
+
+def backoff(attempt: int, base_s: float, max_s: float) -> dt.timedelta:
+    """Exponential back-off: base, 2×base, 4×base … capped."""
+    return dt.timedelta(seconds=min(max_s, base_s * (2 ** max(0, attempt - 1))))
+
+
+def fail(
+    conn: sa.Connection,
+    item: Claimed,
+    error: str,
+    *,
+    max_attempts: int,
+    base_s: float,
+    max_s: float,
+) -> tuple[str, int, dt.datetime | None]:
+    """Record a failed attempt; returns (status, attempts, next attempt time or None if dead).
+
+    A newer change that arrived meanwhile still counts the attempt (the failure may be the
+    suite's, not the change's), but never revives a delivery past its last attempt."""
+    now = utcnow()
+    attempts = item.attempts + 1
+    dead = attempts >= max_attempts
+    next_at = None if dead else now + backoff(attempts, base_s, max_s)
+    conn.execute(
+        sa.update(t.deliveries)
+        .where(t.deliveries.c.id == item.id)
+        .values(
+            status="dead" if dead else "pending",
+            attempts=attempts,
+            next_attempt_at=next_at or now,
+            last_error=error[:4000],
+            claimed_by=None,
+            claim_expires_at=None,
+            updated_at=now,
+        )
+    )
+    return ("dead" if dead else "pending"), attempts, next_at
+
+
+def deleted_links(conn: sa.Connection, integration_id: str, schedule_id: int) -> list[sa.Row[Any]]:
+    dl = t.deleted_links
+    return list(
+        conn.execute(
+            sa.select(dl.c.mailbox, dl.c.suite_id, dl.c.identity_key)
+            .where(dl.c.integration_id == integration_id, dl.c.schedule_id == schedule_id)
+            .order_by(dl.c.id)
+        )
+    )
+
+
+def backlog(conn: sa.Connection) -> tuple[int, int]:
+    """(count, newest id) of unrouted outbox rows: what the watcher trigger polls."""
+    ob = t.outbox
+    row = conn.execute(
+        sa.select(sa.func.count(), sa.func.max(ob.c.id)).where(ob.c.routed_at.is_(None))
+    ).one()
+    return int(row[0] or 0), int(row[1] or 0)
+
+
+def next_wake(conn: sa.Connection, after: dt.datetime) -> dt.datetime | None:
+    """The earliest time in (after, now] at which a pending delivery became due — a retry's
+    back-off ended or a dead drain's lease ran out — for the watcher to start a drain."""
+    d = t.deliveries
+    wake = sa.case(
+        (
+            sa.and_(d.c.claim_expires_at.is_not(None), d.c.claim_expires_at > d.c.next_attempt_at),
+            d.c.claim_expires_at,
+        ),
+        else_=d.c.next_attempt_at,
+    )
+    return conn.execute(
+        sa.select(sa.func.min(wake)).where(d.c.status == "pending", wake > after, wake <= utcnow())
+    ).scalar()

@@ -1,0 +1,224 @@
+"""Reverse sync (OA → Office 365) at engine level against the Graph emulator, on every OA
+database: creates with participants and rooms, in-place updates, deletes, coalescing, echoes
+of forward sync ignored, idempotent retry after a crash, retries and dead deliveries, and one
+suite down never blocking another integration."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from calsync.config import IntegrationConfig, parse_integration
+from calsync.oa import schema as t
+from tests.integration.conftest import INTEGRATION_YAML, ForwardRunner
+from tests.integration.reverse_helpers import (
+    ReverseRunner,
+    deliveries,
+    oa_create,
+    oa_delete,
+    oa_update,
+    reverse_logs,
+)
+
+ZHANG = "zhangwei@contoso.com"
+LINA = "lina@contoso.com"
+ROOM01 = "meeting01@contoso.com"
+
+
+def reverse_config(direction: str = "reverse", extra: str = "", stem: str = "it_rev") -> Any:
+    text = INTEGRATION_YAML + f"direction: {direction}\n" + extra
+    text = text.replace("execution: {concurrency: 4, retries: 0}", "")
+    text += "execution: {concurrency: 4, retries: 0, max_attempts: 3, retry_backoff_s: 0}\n"
+    return parse_integration(Path(f"{stem}.yaml"), text)
+
+
+@pytest.fixture
+def rev_config() -> IntegrationConfig:
+    return reverse_config()
+
+
+@pytest.fixture
+def reverse(seeded_oa: sa.Engine, rev_config: IntegrationConfig, graph: Any) -> ReverseRunner:
+    return ReverseRunner(seeded_oa, [rev_config])
+
+
+def made_by_calsync(graph: Any, mailbox: str) -> list[dict[str, Any]]:
+    return [e for e in graph.store.events(mailbox) if "calsync" in str(e)]
+
+
+def by_subject(graph: Any, mailbox: str, subject: str) -> list[dict[str, Any]]:
+    return [e for e in graph.store.events(mailbox) if e.get("subject") == subject]
+
+
+def test_create_update_delete_round(reverse: ReverseRunner, seeded_oa: sa.Engine, graph: Any):
+    sid = oa_create(
+        seeded_oa,
+        "zhangwei",
+        "季度评审 Q4 review",
+        attendees=("lina",),
+        externals=(("partner@example.org", "Partner"),),
+        room="会议室01",
+        details="议程：预算",
+    )
+    summary = reverse()
+    assert reverse.counts(summary) == {"created": 1}
+    [event] = by_subject(graph, ZHANG, "季度评审 Q4 review")
+    emails = {a["emailAddress"]["address"].lower(): a["type"] for a in event["attendees"]}
+    assert emails == {LINA: "required", "partner@example.org": "required", ROOM01: "resource"}
+    assert "会议室01" in event["location"]["displayName"]
+    # the attendee's copy arrives through the suite, not through a second write
+    assert len(by_subject(graph, LINA, "季度评审 Q4 review")) == 1
+    with seeded_oa.connect() as conn:
+        links = conn.execute(sa.select(t.links).where(t.links.c.schedule_id == sid)).all()
+        meetings = conn.execute(sa.select(t.meetings).where(t.meetings.c.schedule_id == sid)).all()
+    assert [(lk.mailbox, lk.suite_id) for lk in links] == [(ZHANG, event["id"])]
+    assert len(meetings) == 1
+    assert [d["status"] for d in deliveries(seeded_oa)] == ["done"]
+
+    # two edits before the next drain coalesce into one in-place update
+    oa_update(seeded_oa, sid, title="季度评审 (moved)")
+    oa_update(seeded_oa, sid, location="线上")
+    summary = reverse()
+    assert reverse.counts(summary) == {"updated": 1}
+    [moved] = by_subject(graph, ZHANG, "季度评审 (moved)")
+    assert moved["id"] == event["id"]
+    assert "线上" in moved["location"]["displayName"]
+
+    # nothing changed since: a drain finds nothing to do
+    assert reverse.counts(reverse()) == {}
+
+    oa_delete(seeded_oa, sid)
+    summary = reverse()
+    assert reverse.counts(summary) == {"deleted": 1}
+    assert by_subject(graph, ZHANG, "季度评审 (moved)") == []
+    actions = [(r["action"], r["schedule_id"]) for r in reverse_logs(seeded_oa)]
+    assert actions == [("created", sid), ("updated", sid), ("deleted", sid)]
+    with seeded_oa.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(t.deleted_links)).scalar() == 0
+
+
+def test_all_day_and_unmapped_room(reverse: ReverseRunner, seeded_oa: sa.Engine, graph: Any):
+    day = dt.date.today() + dt.timedelta(days=2)
+    oa_create(seeded_oa, "lina", "团建 offsite", all_day=day, room="大会议室")
+    assert reverse.counts(reverse()) == {"created": 1}
+    [event] = by_subject(graph, LINA, "团建 offsite")
+    assert event["isAllDay"] is True
+    assert event["start"]["dateTime"].startswith(day.isoformat())
+    # 大会议室 has no suite mailbox: location text only, no resource attendee
+    assert event["location"]["displayName"] == "大会议室"
+    assert all(a["type"] != "resource" for a in event.get("attendees", []))
+
+
+def test_out_of_scope_creator_and_forward_echoes_are_not_pushed(
+    seeded_oa: sa.Engine, graph: Any, config: IntegrationConfig
+):
+    rev = reverse_config(extra="scope: {users: [lina]}\n")
+    runner = ReverseRunner(seeded_oa, [rev])
+    # forward sync of another integration writes many schedules: all echoes
+    ForwardRunner(seeded_oa, config)()
+    oa_create(seeded_oa, "zhangwei", "not in scope")
+    summary = runner()
+    assert summary["routed"]["echoes"] > 0
+    assert summary["routed"]["deliveries"] == 0
+    assert summary["routed"]["out_of_scope"] == 1
+    assert by_subject(graph, ZHANG, "not in scope") == []
+
+
+def test_crash_after_suite_write_never_duplicates(
+    reverse: ReverseRunner, seeded_oa: sa.Engine, graph: Any, monkeypatch: pytest.MonkeyPatch
+):
+    from calsync.sync.reverse import IntegrationDrain
+
+    real = IntegrationDrain._record
+    calls = {"n": 0}
+
+    def crash_once(self: Any, *args: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise sa.exc.OperationalError("UPDATE", {}, Exception("connection lost"))
+        real(self, *args)
+
+    monkeypatch.setattr(IntegrationDrain, "_record", crash_once)
+    oa_create(seeded_oa, "zhangwei", "crash test")
+    assert reverse.counts(reverse()) == {"retry": 1}
+    assert len(by_subject(graph, ZHANG, "crash test")) == 1  # written, link not recorded
+    assert reverse.counts(reverse()) == {"created": 1}  # the retry finds it by its key
+    assert len(by_subject(graph, ZHANG, "crash test")) == 1
+    assert [d["status"] for d in deliveries(seeded_oa)] == ["done"]
+
+
+def test_forward_run_between_crash_and_retry_links_instead_of_duplicating(
+    seeded_oa: sa.Engine, graph: Any, monkeypatch: pytest.MonkeyPatch
+):
+    from calsync.sync.reverse import IntegrationDrain
+
+    both = reverse_config("both")
+    runner = ReverseRunner(seeded_oa, [both])
+    monkeypatch.setattr(
+        IntegrationDrain,
+        "_record",
+        lambda self, *a: (_ for _ in ()).throw(sa.exc.OperationalError("x", {}, Exception("down"))),
+    )
+    sid = oa_create(seeded_oa, "zhangwei", "adopted by forward", attendees=("lina",))
+    runner()
+    monkeypatch.undo()
+    ForwardRunner(seeded_oa, both)()
+    with seeded_oa.connect() as conn:
+        titled = conn.execute(
+            sa.select(t.schedules.c.id).where(t.schedules.c.title == "adopted by forward")
+        ).all()
+        links = conn.execute(sa.select(t.links.c.mailbox).where(t.links.c.schedule_id == sid)).all()
+    assert [r.id for r in titled] == [sid]  # one schedule, not a copy from the suite
+    assert sorted(r.mailbox for r in links) == [LINA, ZHANG]
+    runner()
+    assert len(by_subject(graph, ZHANG, "adopted by forward")) == 1
+    assert deliveries(seeded_oa)[0]["status"] == "done"
+
+
+def test_one_suite_down_never_blocks_another(seeded_oa: sa.Engine, graph: Any):
+    good = reverse_config(stem="it_good")
+    down = reverse_config(stem="it_down").model_copy(update={"connection_id": "calsync_nowhere"})
+    runner = ReverseRunner(seeded_oa, [down, good])
+    oa_create(seeded_oa, "lina", "flows on")
+    summary = runner()
+    assert runner.counts(summary, "it_good") == {"created": 1}
+    [report] = [r for r in summary["integrations"] if r["integration"] == "it_down"]
+    assert report["errors"] and "calsync_nowhere" in report["errors"][0]
+    assert len(by_subject(graph, LINA, "flows on")) == 1
+    # the unreachable integration's change waits, pending, for its suite to come back
+    states = {(d["integration_id"], d["status"]) for d in deliveries(seeded_oa)}
+    assert states == {("it_good", "done"), ("it_down", "pending")}
+
+
+def test_failures_retry_with_backoff_then_go_dead_while_others_flow(
+    seeded_oa: sa.Engine, graph: Any
+):
+    config = reverse_config(
+        extra="",
+    ).model_copy()
+    runner = ReverseRunner(seeded_oa, [config])
+    poison = oa_create(seeded_oa, "zhangwei", "poison")
+    # every create in zhangwei's mailbox is refused (a 400 is not retried inside the request)
+    graph.faults.update(fail_next=[{"path": f"{ZHANG}/events", "status": 400}] * 20)
+    first = runner()
+    assert runner.counts(first) == {"retry": 1}
+    oa_create(seeded_oa, "lina", "healthy")
+    second = runner()
+    assert runner.counts(second) == {"created": 1, "retry": 1}
+    third = runner()
+    assert runner.counts(third) == {"dead": 1}
+    [dead] = [d for d in deliveries(seeded_oa) if d["schedule_id"] == poison]
+    assert dead["status"] == "dead" and dead["attempts"] == 3 and dead["last_error"]
+    failed = [r for r in reverse_logs(seeded_oa) if r["action"] == "failed"]
+    assert [r["schedule_id"] for r in failed] == [poison] * 3
+    assert failed[-1]["message"].startswith("dead after 3 attempt(s)")
+    # a dead delivery stays visible and quiet; a new OA edit gives it a fresh start
+    assert runner.counts(runner()) == {}
+    graph.faults.update(fail_next=[])
+    oa_update(seeded_oa, poison, title="poison fixed")
+    assert runner.counts(runner()) == {"created": 1}
+    assert len(by_subject(graph, ZHANG, "poison fixed")) == 1
