@@ -288,7 +288,14 @@ class Tracked:
 
 
 class Example:
-    """One example: the emulator's mailboxes, a fresh OA database and a forward runner."""
+    """One example: the emulator's mailboxes, a fresh OA database and a forward runner.
+
+    The operations speak the Graph emulator's event format through the ``_*_fields`` hooks and
+    ``UID`` / ``ORGANIZER_FLAG`` (another suite's example overrides just those); ``check``
+    reads the Graph emulator's own view."""
+
+    UID = "iCalUId"  # the event key holding the meeting's UID, in the emulator's dicts
+    ORGANIZER_FLAG = "isOrganizer"
 
     def __init__(self, graph: Any, engine: sa.Engine, config: IntegrationConfig) -> None:
         self.graph = graph
@@ -328,19 +335,42 @@ class Example:
             node["locationEmailAddress"] = ROOM
         return node
 
+    # the suite's event format
+
+    def _when_fields(self, when: When) -> dict[str, Any]:
+        return _times(when)
+
+    def _moved_fields(self, start: dt.datetime, end: dt.datetime, zone: str) -> dict[str, Any]:
+        """A timed occurrence moved to the local wall times ``start``-``end`` in ``zone``."""
+        return {
+            "start": {"dateTime": start.isoformat(timespec="seconds"), "timeZone": zone},
+            "end": {"dateTime": end.isoformat(timespec="seconds"), "timeZone": zone},
+        }
+
+    def _people_fields(
+        self, organiser: str, attendees: tuple[str, ...], external: bool, room: bool
+    ) -> dict[str, Any]:
+        return {"attendees": self._people(organiser, attendees, external, room)}
+
+    def _location_fields(self, text: str, room: bool) -> dict[str, Any]:
+        return {"location": self._location(text, room)}
+
+    def _body_fields(self) -> dict[str, Any]:
+        return {"body": {"contentType": "html", "content": "<p>议程 &amp; Q&amp;A</p>"}}
+
     def _createmeeting(self, op: CreateMeeting) -> None:
         made = self.store.add_event(
             op.organiser,
             {
                 "subject": op.subject,
-                **_times(op.when),
-                "attendees": self._people(op.organiser, op.attendees, op.external, op.room),
-                "location": self._location(op.location, op.room),
-                "body": {"contentType": "html", "content": "<p>议程 &amp; Q&amp;A</p>"},
+                **self._when_fields(op.when),
+                **self._people_fields(op.organiser, op.attendees, op.external, op.room),
+                **self._location_fields(op.location, op.room),
+                **self._body_fields(),
             },
         )
         self.meetings.append(
-            Tracked(op.organiser, made["id"], made["iCalUId"], op.attendees, op.room, op.when)
+            Tracked(op.organiser, made["id"], made[self.UID], op.attendees, op.room, op.when)
         )
 
     def _createseries(self, op: CreateSeries) -> None:
@@ -349,8 +379,8 @@ class Example:
             op.organiser,
             {
                 "subject": op.subject,
-                **_times(op.when),
-                "attendees": self._people(op.organiser, op.attendees, False, False),
+                **self._when_fields(op.when),
+                **self._people_fields(op.organiser, op.attendees, False, False),
                 "recurrence": {
                     "pattern": {"type": "daily", "interval": 1},
                     "range": {
@@ -365,7 +395,7 @@ class Example:
         tracked = Tracked(
             op.organiser,
             made["id"],
-            made["iCalUId"],
+            made[self.UID],
             op.attendees,
             False,
             op.when,
@@ -395,18 +425,16 @@ class Example:
             patch["subject"] = op.subject
         if when.all_day and op.shift_days:
             patch.update(
-                _times(When(day=when.day + index + op.shift_days, zone=when.zone, all_day=True))
+                self._when_fields(
+                    When(day=when.day + index + op.shift_days, zone=when.zone, all_day=True)
+                )
             )
         elif not when.all_day and (op.shift_hours or op.shift_days):
             start = dt.datetime.combine(day, dt.time(when.hour, when.minute)) + dt.timedelta(
                 days=op.shift_days, hours=op.shift_hours
             )
             end = start + dt.timedelta(minutes=when.minutes)
-            patch["start"] = {
-                "dateTime": start.isoformat(timespec="seconds"),
-                "timeZone": when.zone,
-            }
-            patch["end"] = {"dateTime": end.isoformat(timespec="seconds"), "timeZone": when.zone}
+            patch.update(self._moved_fields(start, end, when.zone))
         if patch:
             self.store.modify_occurrence(tracked.organiser, tracked.item_id, day, patch)
 
@@ -418,9 +446,9 @@ class Example:
         if op.subject is not None:
             patch["subject"] = op.subject
         if op.location is not None:
-            patch["location"] = self._location(op.location, tracked.room)
+            patch.update(self._location_fields(op.location, tracked.room))
         if op.attendees is not None:
-            patch["attendees"] = self._people(tracked.organiser, op.attendees, False, tracked.room)
+            patch.update(self._people_fields(tracked.organiser, op.attendees, False, tracked.room))
             tracked.attendees = op.attendees
         if op.when is not None:
             if tracked.series_count:  # same first day, same kind: only the time of day moves
@@ -432,11 +460,11 @@ class Example:
                         tracked.when.minutes,
                         tracked.when.zone,
                     )
-                    patch.update(_times(when))
+                    patch.update(self._when_fields(when))
                     tracked.when = when
                     tracked.cancelled.clear()  # the old original starts no longer match
             else:
-                patch.update(_times(op.when))
+                patch.update(self._when_fields(op.when))
                 tracked.when = op.when
         if patch:
             self.store.update_event(tracked.organiser, tracked.item_id, patch)
@@ -449,7 +477,7 @@ class Example:
 
     def _copy_id(self, tracked: Tracked, mailbox: str) -> str | None:
         for item in self.store.events(mailbox):
-            if item["iCalUId"] == tracked.ical_uid and not item["isOrganizer"]:
+            if item[self.UID] == tracked.ical_uid and not item[self.ORGANIZER_FLAG]:
                 return item["id"]
         return None
 

@@ -9,6 +9,9 @@ scheduled run, or the expiry of every delta token (410, E15) — with a schedule
 After each scheduled run the OA's content is compared with that of a fresh OA synced in full:
 schedules, participants, meetings and links, keyed by meeting identity (database ids and
 timestamps left out).
+
+The harness is suite-neutral (``harness_factory``, ``Harness.expire_feeds``, ``step_kinds``):
+``test_incremental_exchange`` runs it over Exchange's SyncFolderItems.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,10 +113,11 @@ creates = st.one_of(
         exception=st.none() | occurrences,
     ),
 )
-steps = st.one_of(
-    creates,
-    occurrences,
-    st.builds(
+# Each kind of step (by operation); a suite without one of them leaves it out.
+step_kinds: dict[type, st.SearchStrategy[Any]] = {
+    CreateMeeting: creates,
+    Occurrence: occurrences,
+    Update: st.builds(
         Update,
         target=indexes,
         subject=st.none() | subjects,
@@ -121,16 +125,23 @@ steps = st.one_of(
         location=st.none() | locations,
         attendees=st.none() | attendee_lists,
     ),
-    st.builds(Delete, target=indexes),
-    st.builds(RemoveCopy, target=indexes, attendee=indexes),
-    st.builds(Move, target=indexes, who=indexes),
-    st.just(Scheduled()),
-    st.just(ExpireTokens()),
-)
-# at most 2 + 4 steps; a scheduled run follows the creates and ends every script
-scripts = st.tuples(
-    st.lists(creates, min_size=1, max_size=2), st.lists(steps, min_size=1, max_size=4)
-).map(lambda parts: [*parts[0], Scheduled(), *parts[1], Scheduled()])
+    Delete: st.builds(Delete, target=indexes),
+    RemoveCopy: st.builds(RemoveCopy, target=indexes, attendee=indexes),
+    Move: st.builds(Move, target=indexes, who=indexes),
+    Scheduled: st.just(Scheduled()),
+    ExpireTokens: st.just(ExpireTokens()),
+}
+steps = st.one_of(*step_kinds.values())
+
+
+def scripts_of(step: st.SearchStrategy[Any]) -> st.SearchStrategy[list[Any]]:
+    """At most 2 + 4 steps; a scheduled run follows the creates and ends every script."""
+    return st.tuples(
+        st.lists(creates, min_size=1, max_size=2), st.lists(step, min_size=1, max_size=4)
+    ).map(lambda parts: [*parts[0], Scheduled(), *parts[1], Scheduled()])
+
+
+scripts = scripts_of(steps)
 
 
 def oa_content(engine: sa.Engine, integration_id: str) -> dict[str, Any]:
@@ -212,9 +223,13 @@ class Harness:
             return
         self.compared = False
         if isinstance(op, ExpireTokens):
-            self.example.graph.store.expire_delta_tokens()
+            self.expire_feeds()
         else:
             self.example.apply(op)
+
+    def expire_feeds(self) -> None:
+        """The suite forgets every change-feed state it handed out (Graph: delta tokens)."""
+        self.example.graph.store.expire_delta_tokens()
 
     def run(self) -> None:
         result = self.scheduled(self.window)
@@ -241,9 +256,17 @@ class Harness:
             return oa_content(engine, self.config.id)
 
 
-@pytest.fixture
-def harnesses(graph_server: Any, oa_template: Path, tmp_path: Path):  # noqa: F811
-    config: IntegrationConfig = parse_integration(Path("it_o365.yaml"), INTEGRATION_YAML)
+def harness_factory(
+    server: Any,
+    config: IntegrationConfig,
+    reset: Callable[[Any], None],
+    oa_template: Path,  # noqa: F811
+    tmp_path: Path,
+    example: type[Example] = Example,
+    harness: type[Harness] = Harness,
+) -> Callable[[], contextlib.AbstractContextManager[Harness]]:
+    """A factory of harnesses over one suite emulator: ``reset`` empties it and adds the
+    mailboxes; each harness gets a fresh copy of the OA template."""
     counter = itertools.count()
     # one mapping library for every example: the runners' engines are set per example
     scheduled = IncrementalRunner(sa.create_engine("sqlite://"), config)
@@ -251,15 +274,22 @@ def harnesses(graph_server: Any, oa_template: Path, tmp_path: Path):  # noqa: F8
 
     @contextlib.contextmanager
     def make() -> Iterator[Harness]:
-        reset_mailboxes(graph_server)
+        reset(server)
         try:
             with oa_copy(oa_template, tmp_path / f"oa_{next(counter)}.db") as engine:
-                example = Example(graph_server, engine, config)
-                yield Harness(example, scheduled, full, oa_template, tmp_path)
+                yield harness(
+                    example(server, engine, config), scheduled, full, oa_template, tmp_path
+                )
         finally:
-            graph_server.reset()
+            server.reset()
 
     return make
+
+
+@pytest.fixture
+def harnesses(graph_server: Any, oa_template: Path, tmp_path: Path):  # noqa: F811
+    config: IntegrationConfig = parse_integration(Path("it_o365.yaml"), INTEGRATION_YAML)
+    return harness_factory(graph_server, config, reset_mailboxes, oa_template, tmp_path)
 
 
 @settings(
