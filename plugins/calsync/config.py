@@ -172,7 +172,7 @@ class Execution(_Strict):
     max_attempts: int = Field(8, ge=1, le=100)
     retry_backoff_s: float = Field(10, ge=0, le=3600)
     retry_backoff_max_s: float = Field(3600, ge=0, le=86400)
-    claim_lease_s: int = Field(300, ge=5, le=86400)
+    claim_lease_s: float = Field(300, ge=0.5, le=86400)
 
     def batches(self, items: list[Any]) -> list[list[Any]]:
         if len(items) <= self.per_user_task_limit:
