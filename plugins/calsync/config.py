@@ -158,6 +158,15 @@ class AlimailParams(_Strict):
     send_notifications: bool = False
 
 
+class DeleteGuard(_Strict):
+    """E10: when deletions are held (calsync.sync.guard); per user and run, both directions."""
+
+    enabled: bool = True
+    delete_share: float = Field(0.5, gt=0, le=1)  # of the linked events in the window
+    delete_count: int = Field(50, ge=1)
+    min_links: int = Field(4, ge=1)  # below this many links the share rule does not apply
+
+
 class Execution(_Strict):
     """How a run is cut into Airflow tasks (DESIGN: retry unit)."""
 
@@ -206,6 +215,7 @@ class IntegrationConfig(_Strict):
     exchange: ExchangeParams | None = None
     alimail: AlimailParams | None = None
     execution: Execution = Execution()
+    delete_guard: DeleteGuard = DeleteGuard()
     log_retention_days: int | None = Field(None, ge=1, le=3650)
     tags: list[str] = Field(default_factory=list)
 
@@ -380,11 +390,13 @@ def check_references(config: IntegrationConfig, library: Any, display: str) -> N
 
 def load_integrations(directory: Path, library: Any | None = None) -> list[LoadedConfig]:
     """Load every integration file in ``directory``, each on its own: one broken file never
-    hides the others. With a mapping library, references to mappings/filters are checked."""
+    hides the others. With a mapping library, references to mappings/filters are checked.
+    Only files directly in ``directory`` count: ``templates/`` (``calsync new``) is not read."""
     results: list[LoadedConfig] = []
     if not directory.is_dir():
         return results
-    for path in sorted(p for p in directory.iterdir() if p.suffix in CONFIG_SUFFIXES):
+    files = (p for p in directory.iterdir() if p.suffix in CONFIG_SUFFIXES and p.is_file())
+    for path in sorted(files):
         display = _display(path)
         try:
             config = parse_integration(path, path.read_text(encoding="utf-8"), display)

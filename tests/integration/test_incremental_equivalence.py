@@ -37,6 +37,7 @@ from tests.integration.test_forward_properties import (  # noqa: F401  (oa_templ
     MAILBOXES,
     PEOPLE,
     ROOM,
+    UNGUARDED,
     CreateMeeting,
     CreateSeries,
     Delete,
@@ -288,7 +289,9 @@ def harness_factory(
 
 @pytest.fixture
 def harnesses(graph_server: Any, oa_template: Path, tmp_path: Path):  # noqa: F811
-    config: IntegrationConfig = parse_integration(Path("it_o365.yaml"), INTEGRATION_YAML)
+    config: IntegrationConfig = parse_integration(
+        Path("it_o365.yaml"), INTEGRATION_YAML + UNGUARDED
+    )
     return harness_factory(graph_server, config, reset_mailboxes, oa_template, tmp_path)
 
 

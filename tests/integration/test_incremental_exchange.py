@@ -33,6 +33,7 @@ from tests.integration.test_forward_properties import (  # noqa: F401  (oa_templ
     EXTERNAL,
     PEOPLE,
     ROOM,
+    UNGUARDED,
     CreateMeeting,
     CreateSeries,
     Delete,
@@ -137,7 +138,8 @@ def config(ews_server: Any, monkeypatch: pytest.MonkeyPatch) -> IntegrationConfi
     """Impersonation through the EWS emulator's service account (the connection), over plain
     HTTP (TLS is the connector tests' business)."""
     monkeypatch.setenv(f"AIRFLOW_CONN_{EWS_CONN.upper()}", ews_server.airflow_conn_json())
-    return parse_integration(Path("it_ews.yaml"), exchange_yaml(ews_server.service_endpoint))
+    text = exchange_yaml(ews_server.service_endpoint) + UNGUARDED  # random deletes: no E10 hold
+    return parse_integration(Path("it_ews.yaml"), text)
 
 
 @pytest.fixture

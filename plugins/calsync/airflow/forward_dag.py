@@ -63,6 +63,15 @@ def _params() -> dict[str, Param]:
             title="Users / 人员",
             description="Only these users (login names or mailboxes); empty = everyone in scope.",
         ),
+        "confirm_deletes": Param(
+            False,
+            type="boolean",
+            title="Confirm held deletions / 确认被拦截的删除",
+            description=(
+                "Apply deletions the mass-deletion guard held (see the sync log's 'held' "
+                "records) — only after checking the users' calendars."
+            ),
+        ),
     }
 
 

@@ -188,6 +188,9 @@ def sync_batch(
     # E7: the scheduled run continues each mailbox's change feed where it can; a manual range
     # is always read in full and leaves the stored feed state alone.
     incremental = window.get("kind") == "scheduled"
+    confirm_deletes = bool((context.get("params") or {}).get("confirm_deletes"))
+    if confirm_deletes:
+        log.warning("confirm_deletes: deletions the mass-deletion guard would hold are applied")
 
     async def go() -> list[Any]:
         async with connector_for(config, accounts=accounts) as connector:
@@ -200,6 +203,7 @@ def sync_batch(
                 window_from(window),
                 run,
                 incremental=incremental,
+                confirm_deletes=confirm_deletes,
             )
 
     results = [r.as_dict() for r in asyncio.run(go())]
@@ -264,6 +268,7 @@ def summarize(integration_file: str, window: dict[str, str] | None, context: Any
         "users": len(users),
         "totals": totals,
         "failed_users": failed,
+        "held_users": sorted(m for m, r in users.items() if r["counts"].get("held")),
         "per_user": {m: r["counts"] for m, r in sorted(users.items())},
     }
     kinds = [
@@ -275,6 +280,8 @@ def summarize(integration_file: str, window: dict[str, str] | None, context: Any
         "relinked",
         "unchanged",
         "skipped",
+        "conflict",
+        "held",
         "failed",
     ]
     lines = [f"{'mailbox':40} " + " ".join(f"{k:>9}" for k in kinds)]
@@ -282,6 +289,12 @@ def summarize(integration_file: str, window: dict[str, str] | None, context: Any
         lines.append(f"{mailbox:40} " + " ".join(f"{r['counts'].get(k, 0):>9}" for k in kinds))
     lines.append(f"{'TOTAL':40} " + " ".join(f"{totals.get(k, 0):>9}" for k in kinds))
     log.info("calsync run summary, %s\n%s", summary["window"], "\n".join(lines))
+    if summary["held_users"]:
+        log.warning(
+            "deletions held by the mass-deletion guard (E10) for %s: check these calendars, "
+            "then trigger a manual run with confirm_deletes to apply them",
+            ", ".join(summary["held_users"]),
+        )
     if failed:
         raise AirflowFailException(
             f"{len(failed)} of {len(users)} user(s) failed: {', '.join(failed)}; "

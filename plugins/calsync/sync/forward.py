@@ -37,7 +37,8 @@ from calsync.connectors.base import ChangeSet, IncrementalNotSupported, SuiteCon
 from calsync.errors import AccountMissing, ConnectorError, MailboxNotFound
 from calsync.model import OAUser, SuiteEvent, Window
 from calsync.oa import outbox, store
-from calsync.sync.plan import plan_mailbox
+from calsync.sync.guard import hold_reason
+from calsync.sync.plan import Drop, plan_mailbox
 from calsync.sync.prepare import PrepareContext, prepare_event
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,25 @@ def _feed_state(row: store.SyncStateRow | None, window: Window, context: str) ->
     return feed if isinstance(feed, str) and feed else None
 
 
+def _guard(
+    config: IntegrationConfig,
+    plan: Any,
+    links: list[Any],
+    window: Window,
+    events: list[SuiteEvent],
+    partial: bool = False,
+) -> tuple[int, str] | None:
+    """(deletions, reason) when the plan's deletions must be held (E10), else None."""
+    drops = plan.of(Drop)
+    if not drops or not config.delete_guard.enabled:
+        return None
+    in_window = sum(1 for link in links if link.in_window(window))
+    reason = hold_reason(
+        len(drops), in_window, None if partial else len(events), config.delete_guard
+    )
+    return (len(drops), reason) if reason else None
+
+
 def _state_row(context: str, feed: str) -> str:
     return json.dumps({"context": context, "feed": feed}, separators=(",", ":"))
 
@@ -131,6 +151,7 @@ def apply_mailbox(
     run: store.RunInfo,
     changes: ChangeSet | None = None,
     context: str = "",
+    confirm_deletes: bool = False,
 ) -> dict[str, int]:
     """Plan and apply one mailbox in one transaction; returns the action counts.
 
@@ -150,9 +171,31 @@ def apply_mailbox(
                 plan = plan_mailbox(
                     user.mailbox, prepared, links, meetings, window, in_scope, removed
                 )
+                held = (
+                    None
+                    if confirm_deletes
+                    else _guard(config, plan, links, window, events, removed is not None)
+                )
+                if held is not None:
+                    plan.actions = [a for a in plan.actions if not isinstance(a, Drop)]
                 outcome, logs = store.apply_plan(conn, plan, user, run)
+                if held is not None:
+                    count, reason = held
+                    outcome.add("held", count)
+                    logs.append(
+                        store.log_row(
+                            run,
+                            "held",
+                            f"{count} deletion(s) held: {reason}. Check the mailbox, then run "
+                            "the DAG by hand with confirm_deletes to apply them.",
+                            user_id=user.id,
+                            mailbox=user.mailbox,
+                        )
+                    )
+                    log.warning("mailbox %s: %d deletion(s) held: %s", user.mailbox, count, reason)
                 store.write_logs(conn, logs)
-                if changes is not None and changes.state:
+                # A held read keeps the old feed state: the same removals come again next time.
+                if changes is not None and changes.state and held is None:
                     store.save_sync_state(
                         conn,
                         config.id,
@@ -180,9 +223,11 @@ async def sync_users(
     window: Window,
     run: store.RunInfo,
     incremental: bool = False,
+    confirm_deletes: bool = False,
 ) -> list[UserResult]:
     """Forward-sync ``users`` for ``window``; returns one result per user, in order.
-    ``incremental``: use the change feed where a state allows it (the scheduled run)."""
+    ``incremental``: use the change feed where a state allows it (the scheduled run);
+    ``confirm_deletes``: apply deletions the mass-deletion guard would hold (E10)."""
     with engine.connect() as conn:
         ctx, room_problems = build_context(conn, config, library)
         states = (
@@ -241,6 +286,7 @@ async def sync_users(
                     run,
                     changes,
                     context,
+                    confirm_deletes,
                 )
                 return
             except sa.exc.SQLAlchemyError as exc:
