@@ -72,8 +72,12 @@ def drain_outbox(include_dir: str, oa_connection_id: str, context: Any) -> dict[
         routed["out_of_scope"],
         len(active),
     )
+    from calsync.airflow.metrics import emit
+
+    emit("reverse", "all", {"routed": routed["rows"], "echoes": routed["echoes"]})
     broken = []
     for report in summary["integrations"]:
+        emit("reverse", report["integration"], report["counts"])
         counts = ", ".join(f"{k}={v}" for k, v in sorted(report["counts"].items()))
         log.info("%s: %s", report["integration"], counts or "nothing to deliver")
         for error in report["errors"][:20]:

@@ -289,6 +289,14 @@ def summarize(integration_file: str, window: dict[str, str] | None, context: Any
         lines.append(f"{mailbox:40} " + " ".join(f"{r['counts'].get(k, 0):>9}" for k in kinds))
     lines.append(f"{'TOTAL':40} " + " ".join(f"{totals.get(k, 0):>9}" for k in kinds))
     log.info("calsync run summary, %s\n%s", summary["window"], "\n".join(lines))
+    from calsync.airflow.metrics import emit
+
+    emit(
+        "forward",
+        config.id,
+        totals,
+        {"failed_users": len(failed), "held_users": len(summary["held_users"])},
+    )
     if summary["held_users"]:
         log.warning(
             "deletions held by the mass-deletion guard (E10) for %s: check these calendars, "
