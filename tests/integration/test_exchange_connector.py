@@ -734,6 +734,45 @@ def test_throttling_wait_is_bounded(emu: EwsEmulator) -> None:
     assert too_long.value.retriable and time.monotonic() - started < 1.5
 
 
+def test_shrinking_the_session_pool_never_waits_for_a_session() -> None:
+    """exchangelib 5.6 shrinks its session pool on ErrorServerBusy while holding the pool's
+    lock, taking a session with get_session(): with every session in use, that re-enters
+    the lock through increase_poolsize and the thread (and the connector) hangs. calsync's
+    replacement (exchange_transport.install_pool_fix) retires an idle session only."""
+    import threading
+
+    from exchangelib import BASIC, Configuration, Credentials, Version
+    from exchangelib.protocol import Protocol
+    from exchangelib.version import Build
+
+    import calsync.connectors.exchange  # noqa: F401 - installs the fix
+
+    config = Configuration(
+        service_endpoint="http://127.0.0.1:9/EWS/Exchange.asmx",
+        credentials=Credentials("pool-test@contoso.com", "x"),
+        auth_type=BASIC,
+        version=Version(build=Build(15, 1, 2507, 6)),
+        max_connections=4,
+    )
+    protocol = Protocol(config=config)
+    try:
+        busy = [protocol.get_session(), protocol.get_session()]  # size 2 of 4, none idle
+        shrunk = threading.Event()
+        worker = threading.Thread(
+            target=lambda: (protocol.decrease_poolsize(), shrunk.set()), daemon=True
+        )
+        worker.start()
+        assert shrunk.wait(5), "decrease_poolsize hung with every session in use"
+        assert protocol.session_pool_size == 2  # nothing idle to retire
+        protocol.release_session(busy.pop())
+        protocol.decrease_poolsize()
+        assert protocol.session_pool_size == 1
+        protocol.release_session(busy.pop())
+    finally:
+        protocol.close()
+        del Protocol[config]
+
+
 # --- incremental ----------------------------------------------------------------------------
 
 

@@ -104,6 +104,7 @@ from calsync.connectors.exchange_transport import (
     BoundedFaultTolerance,
     endpoint_for,
     install_log_filter,
+    install_pool_fix,
     parse_build,
     trust_ca_bundle,
 )
@@ -139,6 +140,7 @@ def _register_key_property() -> None:
 
 _register_key_property()
 install_log_filter()
+install_pool_fix()
 
 READ_FIELDS = (
     "subject",

@@ -12,6 +12,12 @@
   budget per calling thread (``begin()`` before an operation) — a back-off that would end past
   it raises ``RateLimitError`` at once, and a shared back-off inherited from another thread
   never sleeps past it — and treats 401 as the login failure it is.
+- ``install_pool_fix``: on ErrorServerBusy exchangelib 5.6 shrinks the session pool
+  (``BaseProtocol.decrease_poolsize``) by taking a session with ``get_session()`` while holding
+  the pool's non-reentrant lock. With every session in use by other threads, ``get_session``
+  calls ``increase_poolsize``, which waits for that same lock: the thread deadlocks, and every
+  thread of the connector after it (found by the reverse drain against a busy EWS emulator).
+  The replacement retires an *idle* session only, never waiting while it holds the lock.
 - ``install_log_filter``: exchangelib's DEBUG dumps of each request carry its headers
   (``Authorization``) and mailbox XML; they are dropped so no credential reaches a log (F15).
 """
@@ -20,13 +26,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import queue
 import threading
 import time
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import requests.adapters
-from exchangelib.errors import RateLimitError, UnauthorizedError
+from exchangelib.errors import RateLimitError, SessionPoolMinSizeReached, UnauthorizedError
 from exchangelib.protocol import BaseProtocol, FaultTolerance
 from exchangelib.version import Build
 
@@ -135,6 +142,29 @@ class BoundedFaultTolerance(FaultTolerance):
         if response.status_code == 401:
             raise UnauthorizedError(f"Invalid credentials for {response.url}")
         super().raise_response_errors(response)
+
+
+def _decrease_poolsize(self: Any) -> None:
+    """``BaseProtocol.decrease_poolsize`` without the self-deadlock: retire one idle session
+    (the pool keeps at least one); when all are in use, leave the size as it is — the retry
+    policy's back-off still slows the caller down."""
+    if self._session_pool_size <= 1:
+        raise SessionPoolMinSizeReached("Session pool size cannot be decreased further")
+    with self._session_pool_lock:
+        if self._session_pool_size <= 1:
+            return
+        try:
+            session = self._session_pool.get(block=False)
+        except queue.Empty:
+            return  # every session is in use; exchangelib would block here holding the lock
+        self._session_pool_size -= 1
+    self.close_session(session)
+
+
+def install_pool_fix() -> None:
+    """Replace exchangelib's deadlock-prone pool shrinking, in this process (idempotent)."""
+    with _install_lock:
+        BaseProtocol.decrease_poolsize = _decrease_poolsize  # type: ignore[method-assign]
 
 
 class _DropRequestDumps(logging.Filter):
