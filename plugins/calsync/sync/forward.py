@@ -38,7 +38,7 @@ from calsync.errors import AccountMissing, ConnectorError, MailboxNotFound
 from calsync.model import OAUser, SuiteEvent, Window
 from calsync.oa import outbox, store
 from calsync.sync.guard import hold_reason
-from calsync.sync.plan import Drop, plan_mailbox
+from calsync.sync.plan import Create, Drop, LinkTo, Update, plan_mailbox
 from calsync.sync.prepare import PrepareContext, prepare_event
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,21 @@ def _guard(
     return (len(drops), reason) if reason else None
 
 
+def _note_rows(plan: Any, run: store.RunInfo, user: OAUser) -> list[dict[str, Any]]:
+    """Sync-log lines for what a written schedule's notes say (E16: a room declined)."""
+    rows = []
+    for action in plan.actions:
+        if isinstance(action, Create) or (
+            isinstance(action, Update | LinkTo) and action.write_schedule
+        ):
+            for note in action.item.notes:
+                row = store.log_row(run, "declined", note, user_id=user.id, mailbox=user.mailbox)
+                row["suite_id"] = action.item.event.suite_id
+                row["title"] = action.item.event.subject[:500]
+                rows.append(row)
+    return rows
+
+
 def _state_row(context: str, feed: str) -> str:
     return json.dumps({"context": context, "feed": feed}, separators=(",", ":"))
 
@@ -179,6 +194,7 @@ def apply_mailbox(
                 if held is not None:
                     plan.actions = [a for a in plan.actions if not isinstance(a, Drop)]
                 outcome, logs = store.apply_plan(conn, plan, user, run)
+                logs.extend(_note_rows(plan, run, user))
                 if held is not None:
                     count, reason = held
                     outcome.add("held", count)

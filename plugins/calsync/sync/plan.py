@@ -79,6 +79,7 @@ class Prepared:
     skip: str | None = None
     error: str | None = None
     owner_mailbox: str = ""
+    notes: list[str] = field(default_factory=list)  # worth a sync-log line when written
 
     @property
     def hash(self) -> str:

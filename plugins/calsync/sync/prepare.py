@@ -52,7 +52,8 @@ def _participants(
         seen.add(email)
         if email in ctx.rooms_by_mailbox:
             rid = ctx.rooms_by_mailbox[email]
-            room_id = room_id if room_id is not None else rid
+            if person.response != "declined":  # E16: a room that declined is not booked
+                room_id = room_id if room_id is not None else rid
             participants.append(
                 Participant("room", email, person.name, room_id=rid, response=person.response)
             )
@@ -92,6 +93,7 @@ def prepare_event(event: SuiteEvent, mailbox_user: OAUser, ctx: PrepareContext) 
     location = fields.get("location", event.location)
     if not location and room_id is not None:
         location = ctx.room_names.get(room_id, "")
+    declined = [p for p in participants if p.kind == "room" and p.response == "declined"]
     data = ScheduleData(
         title=(fields.get("title", event.subject) or UNTITLED).strip() or UNTITLED,
         start=event.start,
@@ -107,4 +109,8 @@ def prepare_event(event: SuiteEvent, mailbox_user: OAUser, ctx: PrepareContext) 
         creator_id=creator.id,
         participants=participants,
     )
-    return Prepared(event, data=data, owner_mailbox=creator.mailbox)
+    notes = [
+        f"room {ctx.room_names.get(p.room_id or 0, p.email)} ({p.email}) declined the meeting"
+        for p in declined
+    ]
+    return Prepared(event, data=data, owner_mailbox=creator.mailbox, notes=notes)
