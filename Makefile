@@ -26,6 +26,7 @@ standalone: venv
 ## Unit + integration tests (SQLite, PostgreSQL and MariaDB on 127.0.0.1, real Airflow DAGs).
 test: venv
 	$(BIN)/python scripts/services.py ensure
+	$(BIN)/python scripts/browser_deps.py
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure"; exit 1; fi; \
