@@ -79,6 +79,7 @@ LABELS: dict[str, tuple[str, str]] = {
     "a_failed": ("失败", "failed"),
     "a_conflict": ("冲突", "conflict"),
     "a_held": ("已暂停", "held"),
+    "a_declined": ("会议室已拒绝", "room declined"),
 }
 
 

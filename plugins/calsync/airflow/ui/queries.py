@@ -43,6 +43,7 @@ ACTIONS = (
     "failed",
     "conflict",
     "held",
+    "declined",
 )
 PROBLEM_ACTIONS = ("failed", "conflict", "skipped")
 _ACTION_SHAPE = re.compile(r"[a-z_]{1,16}")
