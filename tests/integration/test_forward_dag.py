@@ -55,6 +55,7 @@ def test_dag_file_builds_one_dag_per_valid_config(airflow_db, include_dir: Path)
         "calsync_nightly",
         "calsync_broken__invalid_config",
         "calsync_reverse__calsync_oa_test",  # one reverse DAG for the OA the reverse config uses
+        "calsync_housekeeping__calsync_oa_test",  # and one housekeeping DAG per OA in use
     }
     broken = bag.dags["calsync_broken__invalid_config"]
     assert (

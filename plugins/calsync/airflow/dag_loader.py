@@ -16,6 +16,7 @@ log = logging.getLogger("calsync")
 
 def build_all(include_dir: Path) -> list[DAG]:
     from calsync.airflow.forward_dag import build_error_dag, build_forward_dag
+    from calsync.airflow.housekeeping_dag import build_housekeeping_dags
     from calsync.airflow.reverse_dag import build_reverse_dag
     from calsync.mapping import MappingLibrary
 
@@ -27,12 +28,15 @@ def build_all(include_dir: Path) -> list[DAG]:
         log.error("calsync: %s", exc)
         dags.append(build_error_dag(LoadedConfig(Path("mappings"), error=exc)))
     reverse: dict[str, list[IntegrationConfig]] = {}
+    valid: list[IntegrationConfig] = []
     for loaded in load_integrations(include_dir / "integrations", library):
         if loaded.error is not None:
             log.error("calsync: %s", loaded.error)
             dags.append(build_error_dag(loaded))
             continue
         config = loaded.config
+        if config is not None:
+            valid.append(config)
         if config is not None and config.forward:
             dags.append(build_forward_dag(loaded, include_dir))
         if config is not None and config.reverse:
@@ -40,4 +44,6 @@ def build_all(include_dir: Path) -> list[DAG]:
     # One reverse DAG per OA database: its outbox serves every reverse integration on it.
     for oa_connection_id, configs in sorted(reverse.items()):
         dags.append(build_reverse_dag(oa_connection_id, configs, include_dir))
+    # One housekeeping DAG per OA database in use (include/housekeeping.yaml, optional).
+    dags.extend(build_housekeeping_dags(include_dir, valid))
     return dags
