@@ -268,6 +268,7 @@ class GraphConnector(SuiteConnector):
         self.timeout = params.request_timeout_s
         self._hook: Any = None
         self._connected = False
+        self._gates: dict[str, Any] = {}  # mailbox → asyncio.Lock (see _mailbox_gate)
 
     def _get_hook(self) -> Any:
         if self._hook is None:
@@ -305,9 +306,11 @@ class GraphConnector(SuiteConnector):
             prefer += f', outlook.body-content-type="{body_type}"'
         headers = {"Prefer": prefer}
         try:
-            response = await hook.run(url=url, query_parameters=query, headers=headers)
+            response = await self._run(hook, url=url, query_parameters=query, headers=headers)
         except AirflowNotFoundException:
             raise
+        except Unreachable as exc:
+            raise ConnectorError(str(exc)) from None
         except ClientAuthenticationError as exc:
             code = getattr(getattr(exc, "error", None), "code", None) or "login refused"
             raise ConnectorError(
@@ -332,6 +335,53 @@ class GraphConnector(SuiteConnector):
         if not isinstance(response, dict):
             raise ConnectorError(f"Graph answered a non-JSON body ({type(response).__name__})")
         return response
+
+    def _mailbox_gate(self, url: str) -> Any:
+        """One request in flight per mailbox. kiota's retry middleware sleeps out a 429/503's
+        Retry-After inside ``hook.run``; a second request to the mailbox sent meanwhile would
+        come before the Retry-After elapsed (Graph throttles per app and mailbox). Holding the
+        mailbox for the whole call, retries included, keeps every request behind it."""
+        import asyncio
+        import contextlib
+        import re
+        from urllib.parse import unquote
+
+        found = re.search(r"(?:^|/)users/([^/?]+)", url)
+        if found is None:
+            return contextlib.nullcontext()
+        mailbox = unquote(found.group(1)).lower()
+        gate = self._gates.get(mailbox)
+        if gate is None:
+            gate = self._gates[mailbox] = asyncio.Lock()
+        return gate
+
+    async def _run(self, hook: Any, **request: Any) -> Any:
+        """``hook.run`` with transparent re-authentication: a 401/403 (an access token that
+        expired or was revoked mid-run) retires the hook's request adapter, so the request is
+        repeated with a new token (a 401 means it was not carried out).
+        A suite that cannot be reached raises :class:`Unreachable` with a short reason."""
+        from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+
+        # Three tries: the first requests of a run may each have built an adapter of their own
+        # (the hook caches the last one), so a retry can meet a second stale token once.
+        for attempt in (1, 2, 3):
+            try:
+                async with self._mailbox_gate(str(request.get("url") or "")):
+                    return await hook.run(**request)
+            except PermissionError:
+                if attempt == 3:
+                    raise
+                log.info("Graph answered 401/403: re-authenticating and repeating the request")
+            except RuntimeError as exc:  # a retired adapter's client closed under the request
+                if attempt == 3 or "closed" not in str(exc):
+                    raise
+            except (ServiceRequestError, ServiceResponseError) as exc:
+                raise Unreachable(f"Office 365 login endpoint unreachable: {_short(exc)}") from None
+            except Exception as exc:
+                if _is_transport_error(exc):
+                    raise Unreachable(f"Graph unreachable: {_short(exc)}") from None
+                raise
+        raise AssertionError("unreachable")
 
     async def list_events(self, mailbox: str, window: Window) -> list[SuiteEvent]:
         from airflow.providers.common.compat.sdk import AirflowNotFoundException
@@ -385,9 +435,16 @@ class GraphConnector(SuiteConnector):
 
         headers = {"Prefer": 'outlook.timezone="UTC", IdType="ImmutableId"'}
         try:
-            return await (await self._ready_hook()).run(
-                url=url, method=method, data=body, headers=headers, query_parameters=query
+            return await self._run(
+                await self._ready_hook(),
+                url=url,
+                method=method,
+                data=body,
+                headers=headers,
+                query_parameters=query,
             )
+        except Unreachable as exc:
+            raise ConnectorError(f"Graph {method}: {exc}") from None
         except AirflowNotFoundException as exc:
             if missing_ok:
                 return None
@@ -656,6 +713,24 @@ class GraphConnector(SuiteConnector):
                     upserts[item_id] = full
                 else:
                     del upserts[item_id]
+
+
+class Unreachable(Exception):
+    """The suite (token endpoint or Graph) could not be reached at all."""
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    import httpx
+
+    return isinstance(exc, httpx.TransportError)
+
+
+def _short(exc: BaseException) -> str:
+    """An exception's text without object reprs (``<ssl.SSLContext object at 0x…>``)."""
+    import re
+
+    text = re.sub(r"\s*\S*<[^<>]* at 0x[0-9a-f]+>", "", str(exc) or type(exc).__name__)
+    return f"{type(exc).__name__}: {' '.join(text.split())}"[:300]
 
 
 def _unreadable(item: dict[str, Any], reason: str) -> SuiteEvent:

@@ -37,6 +37,7 @@ from calsync.connectors.base import ChangeSet, IncrementalNotSupported, SuiteCon
 from calsync.errors import AccountMissing, ConnectorError, MailboxNotFound
 from calsync.model import OAUser, SuiteEvent, Window
 from calsync.oa import outbox, store
+from calsync.oa.db import OADatabaseUnavailable
 from calsync.sync.guard import hold_reason
 from calsync.sync.plan import Create, Drop, LinkTo, Update, plan_mailbox
 from calsync.sync.prepare import PrepareContext, prepare_event
@@ -305,7 +306,9 @@ async def sync_users(
                     confirm_deletes,
                 )
                 return
-            except sa.exc.SQLAlchemyError as exc:
+            except (sa.exc.SQLAlchemyError, OADatabaseUnavailable) as exc:
+                # OADatabaseUnavailable: the OA went away (restart, failover) before the
+                # transaction began; either way nothing of this mailbox was committed.
                 first_line = str(exc).splitlines()[0][:300] if str(exc) else ""
                 result.error = f"OA write failed: {type(exc).__name__}: {first_line}"
                 log.warning("mailbox %s: OA write failed: %s", user.mailbox, exc)
@@ -326,5 +329,5 @@ def _log_user(
     try:
         with engine.begin() as conn:
             store.write_logs(conn, [row])
-    except sa.exc.SQLAlchemyError:
+    except (sa.exc.SQLAlchemyError, OADatabaseUnavailable):
         log.exception("could not write the %s record of %s", action, user.mailbox)
