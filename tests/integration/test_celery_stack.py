@@ -193,12 +193,15 @@ def test_forward_and_reverse_sync_on_celery_postgres_redis(stack, oa, graph) -> 
         "the OA change never reached the mailbox\n"
         + stack_.diagnostics(["triggerer", "scheduler", "worker"])
     )
-    [row] = _oa_rows(
-        oa,
-        sa.select(t.sync_log.c.run_id, t.sync_log.c.dag_id, t.sync_log.c.action).where(
-            t.sync_log.c.direction == "reverse", t.sync_log.c.schedule_id == schedule_id
-        ),
+    # the suite write comes first, its sync-log row a moment later (same delivery, next step)
+    query = sa.select(t.sync_log.c.run_id, t.sync_log.c.dag_id, t.sync_log.c.action).where(
+        t.sync_log.c.direction == "reverse", t.sync_log.c.schedule_id == schedule_id
     )
+    rows = _oa_rows(oa, query)
+    while not rows and time.monotonic() < deadline + 10:
+        time.sleep(0.1)
+        rows = _oa_rows(oa, query)
+    [row] = rows
     assert (row.dag_id, row.action) == (REVERSE_DAG, "created")
     reverse_run = api.wait_run(REVERSE_DAG, row.run_id, time.monotonic() + 30)
     assert reverse_run["state"] == "success"
