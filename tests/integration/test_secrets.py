@@ -61,3 +61,54 @@ def test_a_refused_secret_is_not_echoed(graph, config, monkeypatch):
     with pytest.raises(ConnectorError) as info:
         asyncio.run(read())
     assert wrong not in str(info.value) and GRAPH_SECRET not in str(info.value)
+
+
+OA_PASSWORD = "Oa9-calsync-DB-PASSWORD-71c3"  # distinctive; trust auth lets it through unused
+
+
+@pytest.mark.parametrize("blank_oa_url", ["postgresql"], indirect=True)
+def test_two_way_runs_leak_neither_suite_nor_oa_secret(
+    blank_oa_url, dag_env, include_dir, graph, monkeypatch, capfd
+):
+    """Forward and reverse runs of a two-way integration, with the OA connection carrying a
+    password: neither secret shows in task output, sync-log rows, XComs, rendered fields,
+    Airflow's run tables, or the text of a failure (an unreachable OA)."""
+    from sqlalchemy.engine import make_url
+
+    from calsync.oa.db import dispose_cached_engines
+    from tests.integration.conftest import INTEGRATION_YAML
+    from tests.integration.reverse_helpers import oa_create
+    from tests.integration.test_reverse_dag import DAG_ID as REVERSE_DAG
+    from tests.integration.test_reverse_dag import dagbag
+
+    url = make_url(dag_env.url.render_as_string(hide_password=False)).set(password=OA_PASSWORD)
+    conn = {"conn_type": "generic", "extra": {"sqlalchemy_url": url.render_as_string(False)}}
+    monkeypatch.setenv("AIRFLOW_CONN_CALSYNC_OA_TEST", json.dumps(conn))
+    dispose_cached_engines()
+    (include_dir / "integrations" / "it_o365.yaml").write_text(
+        INTEGRATION_YAML + "direction: both\n"
+    )
+    forward = run_dag()
+    assert str(forward.state) == "success", ti_states(forward)
+    oa_create(dag_env, "zhangwei", "secret scan", attendees=("lina",))
+    reverse = dagbag().dags[REVERSE_DAG].test()
+    assert str(reverse.state) == "success"
+
+    # a failure whose text could carry the URL: the OA unreachable on a closed port
+    bad = url.set(port=1).render_as_string(False)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CALSYNC_OA_TEST",
+        json.dumps({"conn_type": "generic", "extra": {"sqlalchemy_url": bad}}),
+    )
+    dispose_cached_engines()
+    failed = dagbag().dags[REVERSE_DAG].test()
+    assert str(failed.state) == "failed"
+
+    out, err = capfd.readouterr()
+    for secret in (GRAPH_SECRET, OA_PASSWORD):
+        assert secret not in out + err
+        with dag_env.connect() as oa:
+            for row in oa.execute(sa.select(t.sync_log)):
+                assert secret not in " ".join(str(v) for v in row)
+        assert metadata_rows_containing(secret) == []
+    assert "cannot connect to the OA database" in out + err  # the failure was told, redacted
