@@ -63,7 +63,7 @@ import functools
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from calsync.mapping.text import strip_html, tidy_text
+from calsync.mapping.text import looks_like_html, strip_html, tidy_text
 from calsync.model import Attendee, SuiteEvent
 
 
@@ -145,7 +145,7 @@ def reverse_record(schedule: dict[str, Any]) -> dict[str, Any]:
     start = schedule.get("start_utc", schedule.get("start"))
     end = schedule.get("end_utc", schedule.get("end"))
     details = str(schedule.get("details") or "")
-    looks_html = "<" in details and ">" in details
+    looks_html = looks_like_html(details)
     return {
         "schedule_id": schedule.get("id"),
         "title": str(schedule.get("title") or ""),

@@ -21,6 +21,9 @@ _LINE_BREAKS = re.compile(r"\r\n?|[\u2028\u2029\x0b\x0c\x85]")
 _SPACES = re.compile(r"[ \t\xa0\u3000]+")
 _ANY_WS = re.compile(r"\s+")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
+# A start or end tag, a comment or a doctype: what makes a text HTML. An address in angle
+# brackets ("Pat <pat@example.org>", as the external-attendee line has it) is not one.
+_HTML_TAG = re.compile(r"<(?:/?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>|!--|!doctype\b)", re.I)
 
 # Elements whose content is never shown (or is metadata): dropped with everything inside.
 _HIDDEN = frozenset({"script", "style", "head", "title", "template", "noscript", "object"})
@@ -75,6 +78,11 @@ def tidy_text(text: str) -> str:
     text = strip_control(_LINE_BREAKS.sub("\n", text))
     lines = (_SPACES.sub(" ", line).strip() for line in text.split("\n"))
     return _MANY_NEWLINES.sub("\n\n", "\n".join(lines)).strip()
+
+
+def looks_like_html(text: str) -> bool:
+    """Whether a text (an OA schedule's details) is HTML rather than plain text."""
+    return _HTML_TAG.search(text) is not None
 
 
 def strip_html(html: str) -> str:

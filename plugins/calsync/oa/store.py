@@ -308,8 +308,11 @@ def apply_plan(
         )
 
     held = _oa_changes_pending(conn, plan, run)
+    deleted = _oa_deletes_pending(conn, plan, run)
     for action in plan.actions:
-        if isinstance(action, Create | LinkTo) and _adopt(conn, action, plan, run, now, log):
+        if isinstance(action, Create) and action.item.event.identity_key[:400] in deleted:
+            log("skipped", action.item, None, "deleted in the OA; reverse sync deletes it")
+        elif isinstance(action, Create | LinkTo) and _adopt(conn, action, plan, run, now, log):
             pass
         elif isinstance(action, Create):
             item, data = action.item, action.item.data
@@ -378,7 +381,7 @@ def apply_plan(
                 .values(updated_at=now, **_link_values(item))
             )
             if action.write_schedule and not _suite_wins(
-                conn, held, link.schedule_id, item, run, log
+                conn, held, link.schedule_id, item, run, log, link
             ):
                 pass
             elif action.write_schedule:
@@ -531,13 +534,69 @@ def _oa_changes_pending(conn: sa.Connection, plan: MailboxPlan, run: RunInfo) ->
     return pending
 
 
+def _oa_deletes_pending(conn: sa.Connection, plan: MailboxPlan, run: RunInfo) -> set[str]:
+    """Two-way: identities of this plan's new meetings that are linked schedules the OA
+    deleted, the delete not yet pushed (the delete trigger kept their links as tombstones).
+    Forward sync must not bring them back: reverse sync is about to delete the events."""
+    if not run.two_way:
+        return set()
+    keys = sorted({a.item.event.identity_key[:400] for a in plan.actions if isinstance(a, Create)})
+    if not keys:
+        return set()
+    dl, d, ob = t.deleted_links, t.deliveries, t.outbox
+    gone: dict[str, set[int]] = {}
+    for i in range(0, len(keys), 500):
+        for key, schedule_id in conn.execute(
+            sa.select(dl.c.identity_key, dl.c.schedule_id).where(
+                dl.c.integration_id == run.integration_id, dl.c.identity_key.in_(keys[i : i + 500])
+            )
+        ):
+            gone.setdefault(key, set()).add(schedule_id)
+    if not gone:
+        return set()
+    ids = sorted(set().union(*gone.values()))
+    pending = set(
+        conn.execute(
+            sa.select(d.c.schedule_id).where(
+                d.c.integration_id == run.integration_id,
+                d.c.status.in_(("pending", "dead")),
+                d.c.schedule_id.in_(ids),
+            )
+        ).scalars()
+    )
+    pending |= set(
+        conn.execute(
+            sa.select(ob.c.schedule_id).where(
+                ob.c.routed_at.is_(None),
+                ob.c.origin == "oa",
+                ob.c.op == "delete",
+                ob.c.schedule_id.in_(ids),
+            )
+        ).scalars()
+    )
+    return {key for key, schedule_ids in gone.items() if schedule_ids & pending}
+
+
 def _suite_wins(
-    conn: sa.Connection, held: set[int], schedule_id: int, item: Prepared, run: RunInfo, log: Any
+    conn: sa.Connection,
+    held: set[int],
+    schedule_id: int,
+    item: Prepared,
+    run: RunInfo,
+    log: Any,
+    link: LinkRow | None = None,
 ) -> bool:
     """Whether forward sync may write the suite's version over the schedule: always, unless
-    the OA changed it too since the last sync (a conflict, settled by the policy and logged)."""
+    the OA changed it too since the last sync (a conflict, settled by the policy and logged).
+
+    With an OA change pending, an event whose change key is still the one its link recorded
+    was not edited in the suite: its mapped content differs from the schedule only by what
+    mapping each way normalises (as after reverse sync wrote it). No conflict: the OA's
+    version stands, for reverse sync to push."""
     if schedule_id not in held:
         return True
+    if link is not None and link.change_key and link.change_key == item.event.change_key:
+        return False
     policy = run.conflict_policy
     if policy == "latest_wins":
         oa_time = conn.execute(

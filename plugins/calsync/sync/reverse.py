@@ -37,6 +37,7 @@ from calsync.config import IntegrationConfig
 from calsync.connectors.base import EventWrite, SuiteConnector
 from calsync.errors import CalsyncError, ConnectorError, MappingError
 from calsync.mapping.records import reverse_record
+from calsync.mapping.text import looks_like_html
 from calsync.model import Attendee, OAUser, Participant, ScheduleData, SuiteEvent
 from calsync.oa import outbox, store
 from calsync.oa import schema as t
@@ -192,7 +193,7 @@ def build_write(
     except MappingError as exc:
         raise Permanent(f"mapping: {exc}") from None
     body = mapped.get("body", record["details"])
-    looks_html = "<" in body and ">" in body
+    looks_html = looks_like_html(body)  # "Pat <pat@example.org>" is text, not a tag
     all_day = bool(s["all_day"])
     if all_day and (s["start_date"] is None or s["end_date"] is None):
         raise Permanent("all-day schedule without start/end dates")
@@ -462,7 +463,7 @@ class IntegrationDrain:
                             )
                         )
                     if outcome.action not in ("unchanged", "nothing"):
-                        store.write_logs(conn, [self._log(item, outcome)])
+                        store.write_logs(conn, self._logs(item, outcome))
                     outbox.finish(conn, item)
                 return
             except sa.exc.IntegrityError:  # forward sync linked the new event meanwhile
@@ -515,7 +516,15 @@ class IntegrationDrain:
             sa.select(mt.c.id).where(mt.c.integration_id == self.config.id, mt.c.schedule_id == sid)
         ).first()
         if meeting is not None:
-            conn.execute(sa.update(mt).where(mt.c.id == meeting.id).values(content_hash=data_hash))
+            values = {"content_hash": data_hash}
+            if outcome.action == "created":
+                # a new event (the old one was deleted in the suite): the meeting is now known
+                # by the new event's identity, so forward links its copies to it
+                values |= {
+                    "identity_key": event.identity_key[:400],
+                    "owner_mailbox": outcome.mailbox,
+                }
+            conn.execute(sa.update(mt).where(mt.c.id == meeting.id).values(**values))
         else:
             conn.execute(
                 sa.insert(mt).values(
@@ -527,24 +536,33 @@ class IntegrationDrain:
                 )
             )
 
-    def _log(self, item: outbox.Claimed, outcome: Outcome) -> dict[str, Any]:
+    def _logs(self, item: outbox.Claimed, outcome: Outcome) -> list[dict[str, Any]]:
+        """The delivery's sync-log rows: a settled conflict is always one ``conflict`` row
+        (naming the policy), followed by what was written, if anything."""
         owner = next((u for u in self.users.values() if u.mailbox == outcome.mailbox), None)
-        return {
-            "logged_at": store.utcnow(),
-            "integration_id": self.config.id,
-            "run_id": self.run.run_id,
-            "dag_id": self.run.dag_id,
-            "direction": "reverse",
-            "action": "conflict"
-            if outcome.conflict and outcome.action == "skipped"
-            else (outcome.action),
-            "user_id": owner.id if owner else None,
-            "mailbox": outcome.mailbox,
-            "schedule_id": item.schedule_id,
-            "suite_id": outcome.suite_id,
-            "title": (outcome.title or "")[:500] or None,
-            "message": outcome.message[:4000],
-        }
+
+        def row(action: str, message: str) -> dict[str, Any]:
+            return {
+                "logged_at": store.utcnow(),
+                "integration_id": self.config.id,
+                "run_id": self.run.run_id,
+                "dag_id": self.run.dag_id,
+                "direction": "reverse",
+                "action": action,
+                "user_id": owner.id if owner else None,
+                "mailbox": outcome.mailbox,
+                "schedule_id": item.schedule_id,
+                "suite_id": outcome.suite_id,
+                "title": (outcome.title or "")[:500] or None,
+                "message": message[:4000],
+            }
+
+        if not outcome.conflict:
+            return [row(outcome.action, outcome.message)]
+        rows = [row("conflict", outcome.conflict)]
+        if outcome.action != "skipped":  # the OA's version was written
+            rows.append(row(outcome.action, "settles the conflict logged before"))
+        return rows
 
     async def _failed(self, item: outbox.Claimed, exc: BaseException) -> None:
         self._tried.add(item.id)
