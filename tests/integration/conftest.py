@@ -122,7 +122,13 @@ class ForwardRunner:
         if only is not None:
             users = [u for u in users if u.mailbox in only]
         prefix = "incremental" if self.incremental else "run"
-        run = store.RunInfo(self.config.id, "test_dag", f"{prefix}-{self.runs}")
+        run = store.RunInfo(
+            self.config.id,
+            "test_dag",
+            f"{prefix}-{self.runs}",
+            two_way=self.config.direction == "both",  # as the DAG's task builds it
+            conflict_policy=self.config.conflict_policy,
+        )
 
         async def go() -> list[Any]:
             async with connector_for(self.config) as connector:
