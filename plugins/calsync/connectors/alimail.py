@@ -672,6 +672,7 @@ class AlimailConnector(SuiteConnector):
     def _create(self, mailbox: str, event: EventWrite) -> SuiteEvent:
         if event.key:
             marker(event.key)  # refuse a key the marker cannot carry before anything is sent
+        if event.key and not event.known_new:
             found = self._find(mailbox, event.key, *self._widen(self._span(event)))
             if found is not None:
                 log.info(

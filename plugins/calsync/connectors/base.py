@@ -3,7 +3,8 @@
 Reads: a window of a mailbox's default calendar with series expanded (``list_events``), and,
 where the suite offers it, the changes since a stored state (``list_changes``, E7). Writes
 (reverse sync): ``create_event`` (idempotent through the calsync key: a retry after a crash
-finds the event it already made instead of making a second one), ``update_event`` (in place,
+finds the event it already made instead of making a second one; a write marked ``known_new``
+skips that lookup), ``update_event`` (in place,
 never delete + re-create), ``delete_event`` (honouring the integration's delete and
 cancellation modes; an item already gone is not an error), ``find_by_key`` and ``get_event``
 (one item by its suite id, None once it is gone: what reverse sync checks before it writes).
@@ -55,6 +56,9 @@ class EventWrite:
     attendees: list[Attendee] = field(default_factory=list)  # rooms as kind="resource"
     key: str = ""  # calsync's idempotency key / marker
     sensitivity: str = "normal"
+    # The caller knows no earlier create with this key can have reached the suite (the
+    # schedule's first delivery, never tried before): create_event may skip the lookup by key.
+    known_new: bool = False
 
 
 @dataclass(slots=True)

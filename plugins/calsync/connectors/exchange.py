@@ -947,7 +947,7 @@ class ExchangeConnector(SuiteConnector):
         return values
 
     def _create(self, account: Account, event: EventWrite) -> SuiteEvent:
-        if event.key:
+        if event.key and not event.known_new:
             existing = self._find(account, event.key)
             if existing is not None:
                 log.info(

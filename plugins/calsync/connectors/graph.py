@@ -497,8 +497,9 @@ class GraphConnector(SuiteConnector):
 
     async def create_event(self, mailbox: str, event: EventWrite) -> SuiteEvent:
         """Idempotent: an event carrying the key is found first; Graph's ``transactionId``
-        guards the window between a lost reply and the retry too."""
-        if event.key:
+        guards the window between a lost reply and the retry too. ``known_new``: no earlier
+        create can exist, so no lookup (one request instead of two)."""
+        if event.key and not event.known_new:
             found = await self.find_by_key(mailbox, event.key)
             if found is not None:
                 return found

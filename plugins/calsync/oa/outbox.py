@@ -50,7 +50,8 @@ def write_origin(conn: sa.Connection, origin: str) -> Iterator[None]:
     conn.execute(sa.delete(t.write_origin).where(t.write_origin.c.token == token))
 
 
-def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+def chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    """Slices of at most ``size`` items, e.g. for ``IN (...)`` lists."""
     for i in range(0, len(items), size):
         yield items[i : i + size]
 
@@ -144,7 +145,7 @@ def route(conn: sa.Connection, targets: Iterable[RouteTarget], limit: int = 5000
         if row.creator_id is not None:
             creators[row.schedule_id] = row.creator_id
     missing = [sid for sid in newest if sid not in creators]
-    for chunk in _chunks(missing):
+    for chunk in chunks(missing):
         for sid, creator in conn.execute(
             sa.select(t.schedules.c.id, t.schedules.c.creator_id).where(t.schedules.c.id.in_(chunk))
         ):
@@ -173,7 +174,7 @@ def route(conn: sa.Connection, targets: Iterable[RouteTarget], limit: int = 5000
     _upsert_deliveries(conn, pending, now)
     result.deliveries = len(pending)
     ids = [row.id for row in rows]
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         conn.execute(sa.update(ob).where(ob.c.id.in_(chunk)).values(routed_at=now))
     return result
 
@@ -184,6 +185,9 @@ class Claimed:
     schedule_id: int
     outbox_id: int
     attempts: int
+    # The schedule's first delivery to this integration, never tried before (see ``claim``):
+    # a create may skip looking for an event carrying calsync's key.
+    fresh: bool = False
 
 
 def claim(
@@ -201,7 +205,17 @@ def claim(
     d = t.deliveries
     rows = conn.execute(
         _skip_locked(
-            sa.select(d.c.id, d.c.schedule_id, d.c.outbox_id, d.c.attempts)
+            sa.select(
+                d.c.id,
+                d.c.schedule_id,
+                d.c.outbox_id,
+                d.c.attempts,
+                d.c.claimed_by,
+                d.c.claim_expires_at,
+                d.c.last_error,
+                d.c.created_at,
+                d.c.updated_at,
+            )
             .where(
                 d.c.integration_id == integration_id,
                 d.c.status == "pending",
@@ -214,8 +228,36 @@ def claim(
             conn,
         )
     ).all()
-    claimed = [Claimed(r.id, r.schedule_id, r.outbox_id, r.attempts) for r in rows]
-    for chunk in _chunks([c.id for c in claimed]):
+    # ``fresh``: no drain ever touched the row (claims, finishing, failures and re-arming all
+    # move ``updated_at``; a lapsed lease also keeps its claim, a failure its error), and the
+    # routing that created it consumed the schedule's creation in the OA (same timestamp):
+    # the schedule has never had a delivery to this integration before, so no create of it
+    # can have reached the suite.
+    untouched = {
+        r.schedule_id: r
+        for r in rows
+        if r.updated_at == r.created_at
+        and r.claim_expires_at is None
+        and r.claimed_by is None
+        and not r.attempts
+        and not r.last_error
+    }
+    created: set[int] = set()
+    ob = t.outbox
+    for chunk in chunks(list(untouched)):
+        for sid, oid, routed_at in conn.execute(
+            sa.select(ob.c.schedule_id, ob.c.id, ob.c.routed_at).where(
+                ob.c.schedule_id.in_(chunk), ob.c.op == "insert", ob.c.origin == ORIGIN_OA
+            )
+        ):
+            row = untouched[sid]
+            if oid <= row.outbox_id and routed_at == row.created_at:
+                created.add(sid)
+    claimed = [
+        Claimed(r.id, r.schedule_id, r.outbox_id, r.attempts, fresh=r.schedule_id in created)
+        for r in rows
+    ]
+    for chunk in chunks([c.id for c in claimed]):
         conn.execute(
             sa.update(d)
             .where(d.c.id.in_(chunk))
@@ -244,6 +286,44 @@ def finish(conn: sa.Connection, item: Claimed) -> bool:
     if not done:
         release(conn, item)
     return bool(done)
+
+
+def finish_many(conn: sa.Connection, items: Sequence[Claimed]) -> set[int]:
+    """``finish`` for many deliveries in a few statements; the ids marked done. The rows are
+    locked first (``FOR UPDATE``; SQLite: the transaction's write lock), so a change routed
+    meanwhile either re-arms a row before it is read here or waits for this transaction."""
+    d = t.deliveries
+    now = utcnow()
+    wanted = {item.id: item.outbox_id for item in items}
+    current: dict[int, int] = {}
+    for chunk in chunks(list(wanted)):
+        query = sa.select(d.c.id, d.c.outbox_id).where(d.c.id.in_(chunk))
+        if conn.dialect.name != "sqlite":
+            query = query.with_for_update()
+        for delivery_id, outbox_id in conn.execute(query):
+            current[delivery_id] = outbox_id
+    done = [i for i, outbox_id in wanted.items() if current.get(i) == outbox_id]
+    newer = [i for i in wanted if i in current and current[i] != wanted[i]]
+    for chunk in chunks(done):
+        conn.execute(
+            sa.update(d)
+            .where(d.c.id.in_(chunk))
+            .values(
+                status="done",
+                attempts=0,
+                last_error="",
+                claimed_by=None,
+                claim_expires_at=None,
+                updated_at=now,
+            )
+        )
+    for chunk in chunks(newer):  # left pending for the newer change, claim released
+        conn.execute(
+            sa.update(d)
+            .where(d.c.id.in_(chunk))
+            .values(claimed_by=None, claim_expires_at=None, updated_at=now)
+        )
+    return set(done)
 
 
 def release(conn: sa.Connection, item: Claimed) -> None:

@@ -2,8 +2,9 @@
 
 ``drain`` routes new outbox rows to deliveries (one per reverse integration whose scope holds
 the schedule's creator), then delivers each integration's due changes on its own, so one suite
-being down never holds up another. A delivery reads the schedule as it is now (several changes
-of one schedule coalesce into one write) and:
+being down never holds up another. A delivery reads the schedule as it is when claimed
+(several changes of one schedule coalesce into one write; one changed again meanwhile stays
+pending for the next drain) and:
 
 - schedule present, not yet in the suite: creates the event in the creator's mailbox with the
   participants as attendees (rooms as resources, F18) and calsync's key, which makes the create
@@ -15,6 +16,13 @@ of one schedule coalesce into one write) and:
   sync is a conflict, settled by ``conflict_policy`` and logged;
 - schedule deleted: deletes the creator's copy (the connector applies the delete and
   cancellation modes), found through the link tombstones the delete trigger kept.
+
+Throughput: a drain claims deliveries in batches (``CLAIM_BATCH``) and reads their schedules
+in a few queries per batch; ``execution.concurrency`` × ``PER_MAILBOX`` writes are in flight
+at once (at most ``PER_MAILBOX`` per mailbox); finished deliveries are recorded together, one
+OA transaction per group (group commit). A schedule's first delivery that no drain touched
+before (``outbox.Claimed.fresh``) creates without the lookup by key: nothing can carry its key
+yet. Every retry, takeover of a lapsed claim and later delivery looks first.
 
 Failures are retried with exponential back-off; after ``max_attempts`` the delivery is dead,
 with the reason in the sync log; other schedules flow on. A mapping error is dead at once
@@ -41,11 +49,24 @@ from calsync.mapping.text import looks_like_html
 from calsync.model import Attendee, OAUser, Participant, ScheduleData, SuiteEvent
 from calsync.oa import outbox, store
 from calsync.oa import schema as t
+from calsync.oa.db import SQLITE_BEGIN_OPTION
 from calsync.sync.plan import event_extent
 
 log = logging.getLogger("calsync.reverse")
 
 PER_MAILBOX = 4  # Graph allows 4 concurrent requests per mailbox; the others are no tighter
+CLAIM_BATCH = 500  # deliveries claimed (and their schedules read) at once
+RECORD_BATCH = 500  # at most this many deliveries' bookkeeping in one OA transaction
+RECORD_LINGER_S = 0.02  # a flush waits this long for more deliveries to join it
+_READ = {SQLITE_BEGIN_OPTION: "DEFERRED"}  # snapshot reads never wait for SQLite's write lock
+_UPDATE_LINK = (
+    sa.update(t.links)
+    .where(t.links.c.id == sa.bindparam("_id"))
+    .values({c: sa.bindparam(f"v_{c}") for c in (
+        "suite_id", "ical_uid", "identity_key", "change_key", "content_hash", "event_start_utc",
+        "event_end_utc", "event_start_date", "event_end_date", "updated_at",
+    )})
+)  # fmt: skip
 
 
 def calsync_key(integration_id: str, schedule_id: int) -> str:
@@ -96,62 +117,85 @@ def load_snapshot(
     schedule_id: int,
     room_mailboxes: dict[int, str],
 ) -> Snapshot | None:
-    row = (
-        conn.execute(sa.select(t.schedules).where(t.schedules.c.id == schedule_id))
-        .mappings()
-        .first()
-    )
-    if row is None:
-        return None
-    p = t.participants
-    parts = [
-        Participant(
-            kind=r.kind,
-            email=r.email or "",
-            name=r.name or "",
-            user_id=r.user_id,
-            room_id=r.room_id,
-            response=r.response or "none",
-        )
-        for r in conn.execute(sa.select(p).where(p.c.schedule_id == schedule_id).order_by(p.c.id))
-    ]
-    user_ids = {x.user_id for x in parts if x.user_id is not None}
-    mailboxes: dict[int, str] = {}
-    if user_ids:
+    return load_snapshots(conn, config, [schedule_id], room_mailboxes).get(schedule_id)
+
+
+def load_snapshots(
+    conn: sa.Connection,
+    config: IntegrationConfig,
+    schedule_ids: list[int],
+    room_mailboxes: dict[int, str],
+) -> dict[int, Snapshot]:
+    """The schedules that still exist among ``schedule_ids``, each with what a delivery needs,
+    in a few queries per 500 schedules (not per schedule)."""
+    out: dict[int, Snapshot] = {}
+    s, p, mt, lk = t.schedules, t.participants, t.meetings, t.links
+    for chunk in outbox.chunks(sorted(set(schedule_ids))):
+        rows = {
+            r["id"]: dict(r) for r in conn.execute(sa.select(s).where(s.c.id.in_(chunk))).mappings()
+        }
+        if not rows:
+            continue
+        ids = list(rows)
+        parts: dict[int, list[Participant]] = {sid: [] for sid in ids}
+        for r in conn.execute(sa.select(p).where(p.c.schedule_id.in_(ids)).order_by(p.c.id)):
+            parts[r.schedule_id].append(
+                Participant(
+                    kind=r.kind,
+                    email=r.email or "",
+                    name=r.name or "",
+                    user_id=r.user_id,
+                    room_id=r.room_id,
+                    response=r.response or "none",
+                )
+            )
+        user_ids = sorted({x.user_id for ps in parts.values() for x in ps if x.user_id is not None})
+        mailboxes: dict[int, str] = {}
         field_col = t.users.c[config.binding.field]
-        for uid, value in conn.execute(
-            sa.select(t.users.c.id, field_col).where(t.users.c.id.in_(user_ids))
+        for users in outbox.chunks(user_ids):
+            for uid, value in conn.execute(
+                sa.select(t.users.c.id, field_col).where(t.users.c.id.in_(users))
+            ):
+                mailbox = config.binding.mailbox_for(value)
+                if mailbox:
+                    mailboxes[uid] = mailbox
+        room_ids = sorted({r["room_id"] for r in rows.values() if r["room_id"] is not None})
+        room_names: dict[int, str] = {}
+        if room_ids:
+            room_names = dict(
+                conn.execute(
+                    sa.select(t.rooms.c.id, t.rooms.c.name).where(t.rooms.c.id.in_(room_ids))
+                ).all()
+            )
+        meetings = {
+            m.schedule_id: m
+            for m in conn.execute(
+                sa.select(mt).where(mt.c.integration_id == config.id, mt.c.schedule_id.in_(ids))
+            )
+        }
+        links: dict[int, list[sa.Row[Any]]] = {sid: [] for sid in ids}
+        for link in conn.execute(
+            sa.select(lk)
+            .where(lk.c.integration_id == config.id, lk.c.schedule_id.in_(ids))
+            .order_by(lk.c.id)
         ):
-            mailbox = config.binding.mailbox_for(value)
-            if mailbox:
-                mailboxes[uid] = mailbox
-    room_name = ""
-    if row["room_id"] is not None:
-        room_name = (
-            conn.execute(sa.select(t.rooms.c.name).where(t.rooms.c.id == row["room_id"])).scalar()
-            or ""
-        )
-    meeting = conn.execute(
-        sa.select(t.meetings).where(
-            t.meetings.c.integration_id == config.id, t.meetings.c.schedule_id == schedule_id
-        )
-    ).first()
-    links = list(
-        conn.execute(
-            sa.select(t.links)
-            .where(t.links.c.integration_id == config.id, t.links.c.schedule_id == schedule_id)
-            .order_by(t.links.c.id)
-        )
-    )
-    return Snapshot(
-        schedule=dict(row),
-        participants=parts,
-        attendee_mailboxes=mailboxes,
-        room_name=room_name,
-        room_mailbox=room_mailboxes.get(row["room_id"], "") if row["room_id"] else "",
-        meeting=meeting,
-        links=links,
-    )
+            links[link.schedule_id].append(link)
+        for sid, row in rows.items():
+            room = row["room_id"]
+            out[sid] = Snapshot(
+                schedule=row,
+                participants=parts[sid],
+                attendee_mailboxes={
+                    x.user_id: mailboxes[x.user_id]
+                    for x in parts[sid]
+                    if x.user_id is not None and x.user_id in mailboxes
+                },
+                room_name=(room_names.get(room) or "") if room is not None else "",
+                room_mailbox=room_mailboxes.get(room, "") if room else "",
+                meeting=meetings.get(sid),
+                links=links[sid],
+            )
+    return out
 
 
 def build_write(
@@ -218,6 +262,52 @@ def build_write(
 # --- one integration's deliveries ----------------------------------------------------------
 
 
+class _Unread:
+    """``deliver``'s default: the schedule is read for this delivery alone."""
+
+
+@dataclass(slots=True)
+class _Rows:
+    """The OA rows of recorded deliveries, written together (executemany, ``IN`` lists)."""
+
+    new_links: list[dict[str, Any]] = field(default_factory=list)
+    link_updates: list[tuple[int, dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    new_meetings: list[dict[str, Any]] = field(default_factory=list)
+    meeting_updates: list[tuple[int, dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    spent_tombstones: list[int] = field(default_factory=list)  # schedule ids
+    logs: list[dict[str, Any]] = field(default_factory=list)
+    finished: list[outbox.Claimed] = field(default_factory=list)
+
+    def write(self, conn: sa.Connection, integration_id: str) -> None:
+        lk, mt, dl = t.links, t.meetings, t.deleted_links
+        new_links = list(self.new_links)
+        for link_id, values, insert in self.link_updates:  # an update that finds no row: gone
+            params = {"_id": link_id, **{f"v_{k}": v for k, v in values.items()}}
+            if not conn.execute(_UPDATE_LINK, params).rowcount:
+                new_links.append(insert)
+        if new_links:
+            conn.execute(sa.insert(lk), new_links)
+        new_meetings = list(self.new_meetings)
+        for meeting_id, values, insert in self.meeting_updates:
+            if not conn.execute(
+                sa.update(mt).where(mt.c.id == meeting_id).values(**values)
+            ).rowcount:
+                new_meetings.append(insert)
+        if new_meetings:
+            conn.execute(sa.insert(mt), new_meetings)
+        for chunk in outbox.chunks(self.spent_tombstones):
+            conn.execute(
+                sa.delete(dl).where(
+                    dl.c.integration_id == integration_id, dl.c.schedule_id.in_(chunk)
+                )
+            )
+        store.write_logs(conn, self.logs)
+        outbox.finish_many(conn, self.finished)
+
+
+_UNREAD = _Unread()
+
+
 @dataclass(slots=True)
 class Outcome:
     action: str  # created / updated / deleted / skipped / unchanged / conflict / nothing
@@ -263,10 +353,15 @@ class IntegrationDrain:
         self.report = DrainReport(config.id)
         self._mailbox_locks: dict[str, asyncio.Semaphore] = {}
         self._tried: set[int] = set()  # failed in this drain: retried by a later one
+        # Outcomes waiting for their bookkeeping, written by one flusher task in batches.
+        self._to_record: list[tuple[outbox.Claimed, Outcome, Snapshot | None, asyncio.Future[None]]]
+        self._to_record = []
+        self._flusher: asyncio.Task[None] | None = None
         with engine.connect() as conn:
             scope = store.resolve_scope(conn, config.scope, config.binding)
             by_mailbox, _names, _problems = store.load_rooms(conn)
         self.users = {u.id: u for u in scope.users}
+        self._by_mailbox = {u.mailbox: u for u in reversed(scope.users)}  # the first one wins
         self.room_mailboxes = {room_id: mailbox for mailbox, room_id in by_mailbox.items()}
 
     # The OA work runs in threads (sync SQLAlchemy); the suite calls are awaited.
@@ -284,18 +379,21 @@ class IntegrationDrain:
                 exclude=self._tried,
             )
 
-    async def run_until_empty(self, deadline: float, batch: int = 200) -> DrainReport:
+    async def run_until_empty(self, deadline: float, batch: int = CLAIM_BATCH) -> DrainReport:
         semaphore = asyncio.Semaphore(self.config.execution.concurrency * PER_MAILBOX)
         while time.monotonic() < deadline:
             claimed = await self._db(self._claim, batch)
             if not claimed:
                 break
+            snaps = await self._db(self._snapshots, [item.schedule_id for item in claimed])
 
-            async def one(item: outbox.Claimed) -> None:
-                async with semaphore:
-                    await self.deliver(item)
+            async def one(item: outbox.Claimed, snap: Snapshot | None) -> None:
+                async with semaphore:  # bounds the suite requests, not the bookkeeping
+                    outcome = await self._write(item, snap)
+                if outcome is not None:
+                    await self._recorded(item, outcome, snap)
 
-            await asyncio.gather(*(one(item) for item in claimed))
+            await asyncio.gather(*(one(item, snaps.get(item.schedule_id)) for item in claimed))
         return self.report
 
     def _lock(self, mailbox: str) -> asyncio.Semaphore:
@@ -304,18 +402,37 @@ class IntegrationDrain:
             lock = self._mailbox_locks[mailbox] = asyncio.Semaphore(PER_MAILBOX)
         return lock
 
-    async def deliver(self, item: outbox.Claimed) -> None:
+    async def deliver(
+        self, item: outbox.Claimed, snap: Snapshot | _Unread | None = _UNREAD
+    ) -> None:
+        """Write one change to the suite, then record it; ``snap``: the schedule as read for
+        this delivery's batch (None: deleted), else it is read here."""
+        if isinstance(snap, _Unread):
+            try:
+                snap = await self._db(self._snapshot, item.schedule_id)
+            except Exception as exc:
+                await self._failed(item, exc)
+                return
+        outcome = await self._write(item, snap)
+        if outcome is not None:
+            await self._recorded(item, outcome, snap)
+
+    async def _write(self, item: outbox.Claimed, snap: Snapshot | None) -> Outcome | None:
+        """The suite side of a delivery; None when it failed (recorded as a failure)."""
         try:
-            snap = await self._db(self._snapshot, item.schedule_id)
             if snap is None:
-                outcome = await self._delete(item)
-            else:
-                outcome = await self._upsert(item, snap)
+                return await self._delete(item)
+            return await self._upsert(item, snap)
         except Exception as exc:  # one change's failure never stops the others
             await self._failed(item, exc)
-            return
+            return None
+
+    async def _recorded(
+        self, item: outbox.Claimed, outcome: Outcome, snap: Snapshot | None
+    ) -> None:
+        """The OA side: links, sync log, the delivery done (batched with others)."""
         try:
-            await self._db(self._record, item, outcome, snap)
+            await self._record_soon(item, outcome, snap)
         except Exception as exc:
             await self._failed(item, exc)
             return
@@ -324,8 +441,11 @@ class IntegrationDrain:
             self.report.add("conflict")
 
     def _snapshot(self, schedule_id: int) -> Snapshot | None:
-        with self.engine.connect() as conn:
-            return load_snapshot(conn, self.config, schedule_id, self.room_mailboxes)
+        return self._snapshots([schedule_id]).get(schedule_id)
+
+    def _snapshots(self, schedule_ids: list[int]) -> dict[int, Snapshot]:
+        with self.engine.connect().execution_options(**_READ) as conn:
+            return load_snapshots(conn, self.config, schedule_ids, self.room_mailboxes)
 
     # --- create / update ---------------------------------------------------------------
 
@@ -342,6 +462,9 @@ class IntegrationDrain:
         write = build_write(self.config, self.library, snap, owner)
         if isinstance(write, str):
             return Outcome("skipped", write, mailbox=owner.mailbox, title=title)
+        # The schedule's first delivery, never tried: no event with its key can exist yet,
+        # so the create needs no lookup first (a retry or a takeover always looks).
+        write.known_new = item.fresh and link is None and not snap.links
         async with self._lock(owner.mailbox):
             conflict = None
             if link is not None and self.config.direction == "both":
@@ -448,31 +571,103 @@ class IntegrationDrain:
 
     # --- bookkeeping -------------------------------------------------------------------
 
-    def _record(self, item: outbox.Claimed, outcome: Outcome, snap: Snapshot | None) -> None:
-        """Links, meeting, sync log and the delivery's status in one transaction."""
+    async def _record_soon(
+        self, item: outbox.Claimed, outcome: Outcome, snap: Snapshot | None
+    ) -> None:
+        """Record a delivery, batched with the others finishing meanwhile (group commit: one
+        OA transaction for many deliveries); raises what recording this one raised."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._to_record.append((item, outcome, snap, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(RECORD_LINGER_S)  # let a few more deliveries join the first batch
+        while self._to_record:
+            batch = self._to_record[:RECORD_BATCH]
+            del self._to_record[:RECORD_BATCH]
+            try:
+                errors = await self._db(self._record_many, [entry[:3] for entry in batch])
+            except Exception as exc:  # e.g. the thread pool is gone: fail them all
+                errors = [exc] * len(batch)
+            for (*_, done), error in zip(batch, errors, strict=True):
+                if done.done():
+                    continue
+                if error is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(error)
+
+    def _record_many(
+        self, entries: list[tuple[outbox.Claimed, Outcome, Snapshot | None]]
+    ) -> list[BaseException | None]:
+        """Record deliveries in one transaction, their rows written together; what each
+        raised (None: recorded). A unique violation (forward sync linked a new event
+        meanwhile) redoes them one by one, each with its own retry; any other error fails the
+        batch (its deliveries are retried)."""
+        try:
+            with self.engine.begin() as conn:
+                rows = _Rows()
+                for item, outcome, snap in entries:
+                    self._record(item, outcome, snap, rows)
+                rows.write(conn, self.config.id)
+            return [None] * len(entries)
+        except sa.exc.IntegrityError:
+            pass
+        except Exception as exc:
+            return [exc] * len(entries)
+        errors: list[BaseException | None] = []
+        for item, outcome, snap in entries:
+            try:
+                self._record(item, outcome, snap)
+                errors.append(None)
+            except Exception as exc:
+                errors.append(exc)
+        return errors
+
+    def _record(
+        self,
+        item: outbox.Claimed,
+        outcome: Outcome,
+        snap: Snapshot | None,
+        rows: _Rows | None = None,
+    ) -> None:
+        """Links, meeting, sync log and the delivery's status: added to ``rows`` (written
+        with a batch), or written in a transaction of its own (retried once on a unique
+        violation, with the schedule read anew)."""
+        if rows is not None:
+            self._rows(rows, item, outcome, snap)
+            return
         for attempt in (1, 2):
             try:
                 with self.engine.begin() as conn:
-                    if outcome.event is not None and snap is not None:
-                        self._store_link(conn, snap, outcome)
-                    if outcome.action == "deleted":
-                        conn.execute(
-                            sa.delete(t.deleted_links).where(
-                                t.deleted_links.c.integration_id == self.config.id,
-                                t.deleted_links.c.schedule_id == item.schedule_id,
-                            )
-                        )
-                    if outcome.action not in ("unchanged", "nothing"):
-                        store.write_logs(conn, self._logs(item, outcome))
-                    outbox.finish(conn, item)
+                    own = _Rows()
+                    self._rows(own, item, outcome, snap)
+                    own.write(conn, self.config.id)
                 return
             except sa.exc.IntegrityError:  # forward sync linked the new event meanwhile
                 if attempt == 2:
                     raise
-                with self.engine.connect() as conn:
-                    snap = load_snapshot(conn, self.config, item.schedule_id, self.room_mailboxes)
+                with self.engine.connect() as read:
+                    snap = load_snapshot(read, self.config, item.schedule_id, self.room_mailboxes)
 
-    def _store_link(self, conn: sa.Connection, snap: Snapshot, outcome: Outcome) -> None:
+    def _rows(
+        self, rows: _Rows, item: outbox.Claimed, outcome: Outcome, snap: Snapshot | None
+    ) -> None:
+        if outcome.event is not None and snap is not None:
+            self._link_rows(rows, snap, outcome)
+        if outcome.action == "deleted":
+            rows.spent_tombstones.append(item.schedule_id)
+        if outcome.action not in ("unchanged", "nothing"):
+            rows.logs += self._logs(item, outcome)
+        rows.finished.append(item)
+
+    def _link_rows(self, rows: _Rows, snap: Snapshot, outcome: Outcome) -> None:
+        """The link of the owner's copy and the meeting, as updates of the rows the snapshot
+        holds (inserted if those went meanwhile: forward sync may have unlinked) or inserts
+        (one that forward sync made meanwhile is a unique violation: the caller reads the
+        schedule again)."""
         event = outcome.event
         assert event is not None and outcome.mailbox is not None
         now = store.utcnow()
@@ -491,55 +686,39 @@ class IntegrationDrain:
             "event_end_date": end_date,
             "updated_at": now,
         }
-        lk = t.links
-        existing = conn.execute(
-            sa.select(lk.c.id).where(
-                lk.c.integration_id == self.config.id,
-                lk.c.schedule_id == sid,
-                lk.c.mailbox == outcome.mailbox,
-            )
-        ).first()
-        if existing is not None:
-            conn.execute(sa.update(lk).where(lk.c.id == existing.id).values(**values))
+        new_link = {
+            "integration_id": self.config.id,
+            "mailbox": outcome.mailbox,
+            "schedule_id": sid,
+            "created_at": now,
+            **values,
+        }
+        known = next((k.id for k in snap.links if k.mailbox == outcome.mailbox), None)
+        if known is None:
+            rows.new_links.append(new_link)
         else:
-            conn.execute(
-                sa.insert(lk).values(
-                    integration_id=self.config.id,
-                    mailbox=outcome.mailbox,
-                    schedule_id=sid,
-                    created_at=now,
-                    **values,
-                )
-            )
-        mt = t.meetings
-        meeting = conn.execute(
-            sa.select(mt.c.id).where(mt.c.integration_id == self.config.id, mt.c.schedule_id == sid)
-        ).first()
-        if meeting is not None:
-            values = {"content_hash": data_hash}
-            if outcome.action == "created":
-                # a new event (the old one was deleted in the suite): the meeting is now known
-                # by the new event's identity, so forward links its copies to it
-                values |= {
-                    "identity_key": event.identity_key[:400],
-                    "owner_mailbox": outcome.mailbox,
-                }
-            conn.execute(sa.update(mt).where(mt.c.id == meeting.id).values(**values))
+            rows.link_updates.append((known, values, new_link))
+        meeting = {"content_hash": data_hash}
+        if outcome.action == "created":
+            # a new event (the old one was deleted in the suite): the meeting is now known by
+            # the new event's identity, so forward links its copies to it
+            meeting |= {"identity_key": event.identity_key[:400], "owner_mailbox": outcome.mailbox}
+        new_meeting = {
+            "integration_id": self.config.id,
+            "identity_key": event.identity_key[:400],
+            "schedule_id": sid,
+            "owner_mailbox": outcome.mailbox,
+            "content_hash": data_hash,
+        }
+        if snap.meeting is None:
+            rows.new_meetings.append(new_meeting)
         else:
-            conn.execute(
-                sa.insert(mt).values(
-                    integration_id=self.config.id,
-                    identity_key=event.identity_key[:400],
-                    schedule_id=sid,
-                    owner_mailbox=outcome.mailbox,
-                    content_hash=data_hash,
-                )
-            )
+            rows.meeting_updates.append((snap.meeting.id, meeting, new_meeting))
 
     def _logs(self, item: outbox.Claimed, outcome: Outcome) -> list[dict[str, Any]]:
         """The delivery's sync-log rows: a settled conflict is always one ``conflict`` row
         (naming the policy), followed by what was written, if anything."""
-        owner = next((u for u in self.users.values() if u.mailbox == outcome.mailbox), None)
+        owner = self._by_mailbox.get(outcome.mailbox or "")
 
         def row(action: str, message: str) -> dict[str, Any]:
             return {
