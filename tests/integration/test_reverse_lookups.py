@@ -150,3 +150,30 @@ def test_a_schedule_delivered_before_looks_first(
     assert runner.counts(runner()) == {"created": 1}
     assert delta(before, kinds(graph)).get("events_list") == 1
     assert len(by_subject(graph, ZHANG, "again v2")) == 1
+
+
+def test_the_first_requests_of_a_drain_share_one_request_adapter(
+    seeded_oa: sa.Engine,
+    rev_config: IntegrationConfig,
+    graph: Any,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """A drain's first deliveries start together; each used to build the hook's request adapter
+    (an HTTP client and a credential each) before one was cached, leaving the others open."""
+    from calsync.connectors.graph_hook import CloudGraphHook
+
+    built: list[str] = []
+    real = CloudGraphHook._build_request_adapter
+
+    def counting(self: Any, *args: Any) -> Any:
+        built.append(self.conn_id)
+        return real(self, *args)
+
+    monkeypatch.setattr(CloudGraphHook, "_build_request_adapter", counting)
+    CloudGraphHook.cached_request_adapters.pop(rev_config.connection_id, None)
+    logins = ["zhangwei", "lina", "wangfang", "liuyang", "chenjing", "zhao4"]
+    for i in range(12):
+        oa_create(seeded_oa, logins[i % len(logins)], f"together {i}")
+    runner = ReverseRunner(seeded_oa, [rev_config])
+    assert runner.counts(runner()) == {"created": 12}
+    assert built == [rev_config.connection_id]

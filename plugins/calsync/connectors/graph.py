@@ -14,6 +14,7 @@ Retry-After on 429/503/504; calsync does not stack a second request-level retry 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from dataclasses import dataclass
@@ -268,6 +269,7 @@ class GraphConnector(SuiteConnector):
         self.timeout = params.request_timeout_s
         self._hook: Any = None
         self._connected = False
+        self._connecting: asyncio.Lock | None = None  # made in the event loop that uses it
         self._gates: dict[str, Any] = {}  # mailbox → asyncio.Lock (see _mailbox_gate)
 
     def _get_hook(self) -> Any:
@@ -283,15 +285,22 @@ class GraphConnector(SuiteConnector):
         from airflow.providers.common.compat.sdk import AirflowNotFoundException
 
         hook = self._get_hook()
-        if not self._connected:
-            try:
-                await hook.get_async_conn()
-            except AirflowNotFoundException:
-                raise ConnectorError(
-                    f"Airflow connection {self.config.connection_id!r} is not defined",
-                    retriable=False,
-                ) from None
-            self._connected = True
+        if self._connected:
+            return hook
+        # One at a time: the first requests of a run arrive together, and each would build a
+        # request adapter of its own (an HTTP client and a login each; the hook keeps the last).
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if not self._connected:
+                try:
+                    await hook.get_async_conn()
+                except AirflowNotFoundException:
+                    raise ConnectorError(
+                        f"Airflow connection {self.config.connection_id!r} is not defined",
+                        retriable=False,
+                    ) from None
+                self._connected = True
         return hook
 
     async def _get(
