@@ -271,23 +271,9 @@ def summarize(integration_file: str, window: dict[str, str] | None, context: Any
         "held_users": sorted(m for m, r in users.items() if r["counts"].get("held")),
         "per_user": {m: r["counts"] for m, r in sorted(users.items())},
     }
-    kinds = [
-        "created",
-        "updated",
-        "deleted",
-        "linked",
-        "unlinked",
-        "relinked",
-        "unchanged",
-        "skipped",
-        "conflict",
-        "held",
-        "failed",
-    ]
-    lines = [f"{'mailbox':40} " + " ".join(f"{k:>9}" for k in kinds)]
-    for mailbox, r in sorted(users.items()):
-        lines.append(f"{mailbox:40} " + " ".join(f"{r['counts'].get(k, 0):>9}" for k in kinds))
-    lines.append(f"{'TOTAL':40} " + " ".join(f"{totals.get(k, 0):>9}" for k in kinds))
+    from calsync.sync.forward import count_table
+
+    lines = count_table([(m, r["counts"]) for m, r in sorted(users.items())])
     log.info("calsync run summary, %s\n%s", summary["window"], "\n".join(lines))
     from calsync.airflow.metrics import emit
 

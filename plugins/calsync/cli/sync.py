@@ -465,31 +465,12 @@ def real_run(
     return asyncio.run(go())
 
 
-RUN_KINDS = (
-    "created",
-    "updated",
-    "deleted",
-    "linked",
-    "unlinked",
-    "relinked",
-    "unchanged",
-    "skipped",
-    "failed",
-    "conflict",
-)
-
-
 def print_results(results: list[Any], header: str, out: TextIO | None = None) -> None:
+    from calsync.sync.forward import count_table
+
     print(header, file=out)
-    print(f"{'mailbox':40} " + " ".join(f"{k:>9}" for k in RUN_KINDS), file=out)
-    totals: dict[str, int] = {}
-    for r in results:
-        for key, value in r.counts.items():
-            totals[key] = totals.get(key, 0) + value
-        print(
-            f"{r.mailbox:40} " + " ".join(f"{r.counts.get(k, 0):>9}" for k in RUN_KINDS), file=out
-        )
-    print(f"{'TOTAL':40} " + " ".join(f"{totals.get(k, 0):>9}" for k in RUN_KINDS), file=out)
+    for line in count_table([(r.mailbox, r.counts) for r in results]):
+        print(line, file=out)
     for r in results:
         if r.error:
             print(f"FAILED {r.mailbox}: {r.error}", file=out)

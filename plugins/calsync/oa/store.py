@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from calsync.config import Binding, Scope
 from calsync.model import OAUser, ScheduleData
+from calsync.oa import outbox
 from calsync.oa import schema as t
 from calsync.sync.plan import (
     Create,
@@ -512,25 +513,36 @@ def _oa_changes_pending(conn: sa.Connection, plan: MailboxPlan, run: RunInfo) ->
             ids.add(action.link.schedule_id)
         elif isinstance(action, LinkTo) and action.write_schedule:
             ids.add(action.meeting.schedule_id)
-    if not ids:
-        return set()
+    return _unpushed(conn, run.integration_id, sorted(ids)) if ids else set()
+
+
+def _unpushed(
+    conn: sa.Connection, integration_id: str, ids: list[int], op: str | None = None
+) -> set[int]:
+    """Of ``ids``, the schedules with an OA change (``op`` only, if given) reverse sync has
+    not pushed yet: a pending or dead delivery, or an OA-made outbox row not yet routed."""
     d, ob = t.deliveries, t.outbox
-    pending = set(
-        conn.execute(
-            sa.select(d.c.schedule_id).where(
-                d.c.integration_id == run.integration_id,
-                d.c.status.in_(("pending", "dead")),
-                d.c.schedule_id.in_(ids),
-            )
-        ).scalars()
-    )
-    pending |= set(
-        conn.execute(
-            sa.select(ob.c.schedule_id).where(
-                ob.c.routed_at.is_(None), ob.c.origin == "oa", ob.c.schedule_id.in_(ids)
-            )
-        ).scalars()
-    )
+    pending: set[int] = set()
+    for chunk in outbox.chunks(ids):
+        pending.update(
+            conn.execute(
+                sa.select(d.c.schedule_id).where(
+                    d.c.integration_id == integration_id,
+                    d.c.status.in_(("pending", "dead")),
+                    d.c.schedule_id.in_(chunk),
+                )
+            ).scalars()
+        )
+        pending.update(
+            conn.execute(
+                sa.select(ob.c.schedule_id).where(
+                    ob.c.routed_at.is_(None),
+                    ob.c.origin == outbox.ORIGIN_OA,
+                    *([ob.c.op == op] if op else []),
+                    ob.c.schedule_id.in_(chunk),
+                )
+            ).scalars()
+        )
     return pending
 
 
@@ -543,37 +555,18 @@ def _oa_deletes_pending(conn: sa.Connection, plan: MailboxPlan, run: RunInfo) ->
     keys = sorted({a.item.event.identity_key[:400] for a in plan.actions if isinstance(a, Create)})
     if not keys:
         return set()
-    dl, d, ob = t.deleted_links, t.deliveries, t.outbox
+    dl = t.deleted_links
     gone: dict[str, set[int]] = {}
-    for i in range(0, len(keys), 500):
+    for chunk in outbox.chunks(keys):
         for key, schedule_id in conn.execute(
             sa.select(dl.c.identity_key, dl.c.schedule_id).where(
-                dl.c.integration_id == run.integration_id, dl.c.identity_key.in_(keys[i : i + 500])
+                dl.c.integration_id == run.integration_id, dl.c.identity_key.in_(chunk)
             )
         ):
             gone.setdefault(key, set()).add(schedule_id)
     if not gone:
         return set()
-    ids = sorted(set().union(*gone.values()))
-    pending = set(
-        conn.execute(
-            sa.select(d.c.schedule_id).where(
-                d.c.integration_id == run.integration_id,
-                d.c.status.in_(("pending", "dead")),
-                d.c.schedule_id.in_(ids),
-            )
-        ).scalars()
-    )
-    pending |= set(
-        conn.execute(
-            sa.select(ob.c.schedule_id).where(
-                ob.c.routed_at.is_(None),
-                ob.c.origin == "oa",
-                ob.c.op == "delete",
-                ob.c.schedule_id.in_(ids),
-            )
-        ).scalars()
-    )
+    pending = _unpushed(conn, run.integration_id, sorted(set().union(*gone.values())), op="delete")
     return {key for key, schedule_ids in gone.items() if schedule_ids & pending}
 
 

@@ -66,6 +66,35 @@ class UserResult:
         }
 
 
+# The columns of a run's per-mailbox count table (DAG summary and `calsync sync`).
+RUN_ACTIONS = (
+    "created",
+    "updated",
+    "deleted",
+    "linked",
+    "unlinked",
+    "relinked",
+    "unchanged",
+    "skipped",
+    "conflict",
+    "held",
+    "failed",
+)
+
+
+def count_table(per_mailbox: list[tuple[str, dict[str, int]]]) -> list[str]:
+    """Lines of a table: one row per mailbox, a TOTAL row, a column per action."""
+    totals: dict[str, int] = {}
+    for _, counts in per_mailbox:
+        for key, value in counts.items():
+            totals[key] = totals.get(key, 0) + value
+    rows = [*per_mailbox, ("TOTAL", totals)]
+    return [f"{'mailbox':40} " + " ".join(f"{k:>9}" for k in RUN_ACTIONS)] + [
+        f"{name:40} " + " ".join(f"{counts.get(k, 0):>9}" for k in RUN_ACTIONS)
+        for name, counts in rows
+    ]
+
+
 def build_context(
     conn: sa.Connection, config: IntegrationConfig, library: Any
 ) -> tuple[PrepareContext, list[str]]:
