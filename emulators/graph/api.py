@@ -74,6 +74,9 @@ class GraphApi:
         self.throttle = throttle
         self.stats = stats
         self.page_size = page_size
+        from emulators.graph.batch import BatchApi
+
+        self.batch = BatchApi(self)
 
     # --- dispatch ---
 
@@ -107,6 +110,18 @@ class GraphApi:
     def handle(self, req: Request) -> Response:
         segments = req.segments
         parts = segments[1:]
+        if parts == ["$batch"]:
+            self.stats.request("batch", None)
+            client, reason = self.authority.client_for(req.headers.get("Authorization"))
+            if client is None:
+                return self._finish(self._unauthorized(reason))
+            if req.method != "POST":
+                return self._finish(
+                    graph_error(
+                        405, "ErrorInvalidRequest", f"The method {req.method} is not allowed."
+                    )
+                )
+            return self._finish(self.batch.handle(req, client))
         if len(parts) < 2 or parts[0].lower() != "users":
             self.stats.request("unknown", None)
             return self._finish(
@@ -114,15 +129,12 @@ class GraphApi:
                     400, "BadRequest", f"Resource not found for the segment '{'/'.join(parts)}'."
                 )
             )
-        user = parts[1]
-        kind, handler, args = self._route(req.method, parts[2:])
-        mailbox = self._mailbox_key(user)
+        kind, _, _ = self._route(req.method, parts[2:])
+        mailbox = self._mailbox_key(parts[1])
         self.stats.request(kind, mailbox)
         client, reason = self.authority.client_for(req.headers.get("Authorization"))
         if client is None:
-            response = graph_error(401, "InvalidAuthenticationToken", reason)
-            response.headers["WWW-Authenticate"] = 'Bearer realm="", error="invalid_token"'
-            return self._finish(response)
+            return self._finish(self._unauthorized(reason))
         verdict = self.throttle.check_window(client, mailbox)
         if verdict is not None:
             return self._finish(self._verdict(verdict, client, mailbox))
@@ -133,21 +145,45 @@ class GraphApi:
             latency = self.throttle.faults.latency_ms
             if latency > 0:
                 time.sleep(latency / 1000)
-            status = self.throttle.take_fail_next(req.target)
-            if status is not None:
-                return self._finish(self._verdict(self._forced(status), client, mailbox))
-            verdict = self.throttle.random_fault()
-            if verdict is not None:
-                return self._finish(self._verdict(verdict, client, mailbox))
-            if handler is None:
-                return self._finish(self._no_route(req, kind))
-            try:
-                response = handler(req, user, args)
-            except GraphError as exc:
-                response = graph_error(exc.status, exc.code, exc.message)
-            return self._finish(response)
+            return self._finish(self.serve_entered(req, client, mailbox))
         finally:
             self.throttle.leave(mailbox)
+
+    def route(self, req: Request) -> tuple[str, str, str]:
+        """(stats kind, user as addressed, mailbox key) of a ``/v1.0/users/...`` request."""
+        parts = req.segments[1:]
+        if len(parts) < 2 or parts[0].lower() != "users":
+            return "unknown", "", ""
+        kind, _, _ = self._route(req.method, parts[2:])
+        return kind, parts[1], self._mailbox_key(parts[1])
+
+    def serve_entered(self, req: Request, client: str, mailbox: str) -> Response:
+        """A request already authenticated, inside the Retry-After window check and counted in
+        flight for its mailbox: injected faults, then the route. Not counted in the stats."""
+        parts = req.segments[1:]
+        if len(parts) < 2 or parts[0].lower() != "users":
+            return graph_error(
+                400, "BadRequest", f"Resource not found for the segment '{'/'.join(parts)}'."
+            )
+        kind, handler, args = self._route(req.method, parts[2:])
+        status = self.throttle.take_fail_next(req.target)
+        if status is not None:
+            return self._verdict(self._forced(status), client, mailbox)
+        verdict = self.throttle.random_fault()
+        if verdict is not None:
+            return self._verdict(verdict, client, mailbox)
+        if handler is None:
+            return self._no_route(req, kind)
+        try:
+            return handler(req, parts[1], args)
+        except GraphError as exc:
+            return graph_error(exc.status, exc.code, exc.message)
+
+    @staticmethod
+    def _unauthorized(reason: str) -> Response:
+        response = graph_error(401, "InvalidAuthenticationToken", reason)
+        response.headers["WWW-Authenticate"] = 'Bearer realm="", error="invalid_token"'
+        return response
 
     def _mailbox_key(self, user: str) -> str:
         try:
@@ -158,6 +194,9 @@ class GraphApi:
     def _finish(self, response: Response) -> Response:
         self.stats.status(response.status)
         return response
+
+    def verdict_response(self, verdict: Verdict, client: str, mailbox: str) -> Response:
+        return self._verdict(verdict, client, mailbox)
 
     def _verdict(self, verdict: Verdict, client: str, mailbox: str) -> Response:
         response = graph_error(verdict.status, verdict.code, verdict.message)

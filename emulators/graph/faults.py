@@ -60,6 +60,7 @@ class Stats(StatsBase):
     def reset(self) -> None:
         with self._lock:
             self.requests = 0
+            self.batched_requests = 0  # sub-requests of $batch requests
             self.by_kind: Counter[str] = Counter()
             self.by_status: Counter[int] = Counter()
             self.by_mailbox: Counter[str] = Counter()
@@ -75,6 +76,14 @@ class Stats(StatsBase):
     def request(self, kind: str, mailbox: str | None) -> None:
         with self._lock:
             self.requests += 1
+            self.by_kind[kind] += 1
+            if mailbox:
+                self.by_mailbox[mailbox] += 1
+
+    def subrequest(self, kind: str, mailbox: str | None) -> None:
+        """One request inside a ``$batch`` (the batch itself counts in ``requests``)."""
+        with self._lock:
+            self.batched_requests += 1
             self.by_kind[kind] += 1
             if mailbox:
                 self.by_mailbox[mailbox] += 1
@@ -101,6 +110,7 @@ class Stats(StatsBase):
         with self._lock:
             return {
                 "requests": self.requests,
+                "batched_requests": self.batched_requests,
                 "by_kind": dict(self.by_kind),
                 "by_status": {str(k): v for k, v in self.by_status.items()},
                 "by_mailbox": dict(self.by_mailbox),
