@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from calsync import yamlfast
 from calsync.errors import ConfigError
 from calsync.oa.schema import BINDING_FIELDS, HR_ATTRIBUTES
 
@@ -343,7 +344,7 @@ def parse_integration(path: Path, text: str, display: str | None = None) -> Inte
     """Validate one integration file's text; raises ConfigError naming file and field."""
     where = display or _display(path)
     try:
-        data = yaml.safe_load(text)
+        data = yamlfast.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None

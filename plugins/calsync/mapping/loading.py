@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from calsync import yamlfast
 from calsync.errors import ConfigError
 
 MAX_FILE_BYTES = 1_000_000
@@ -60,10 +61,10 @@ def read_yaml(path: Path, where: str) -> Any:
         raise ConfigError(where, None, f"larger than {MAX_FILE_BYTES} bytes")
     try:
         text = raw.decode("utf-8")
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yamlfast.compose(text)
         if node is not None:
             _no_duplicates(node, [], where, set())
-        return yaml.safe_load(text)
+        return yamlfast.safe_load(text)
     except UnicodeDecodeError:
         raise ConfigError(where, None, "not UTF-8 text") from None
     except yaml.YAMLError as exc:
