@@ -321,16 +321,22 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-def _secret_keys(node: Any, prefix: str = "") -> Iterable[str]:
+def _secret_keys(node: Any, prefix: str = "", seen: set[int] | None = None) -> Iterable[str]:
+    # YAML aliases share nodes: visit each once, or a "billion laughs" file (nested aliases,
+    # 9**9 paths from 80 lines) would keep the dag-processor walking for hours.
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        return
+    seen.add(id(node))
     if isinstance(node, dict):
         for key, value in node.items():
             where = f"{prefix}.{key}" if prefix else str(key)
             if isinstance(key, str) and SECRET_KEY_PATTERN.search(key) and key != "connection_id":
                 yield where
-            yield from _secret_keys(value, where)
+            yield from _secret_keys(value, where, seen)
     elif isinstance(node, list):
         for i, value in enumerate(node):
-            yield from _secret_keys(value, f"{prefix}[{i}]")
+            yield from _secret_keys(value, f"{prefix}[{i}]", seen)
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
@@ -338,6 +344,16 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(top level)"
+
+
+def _refuse_duplicate_keys(text: str, where: str) -> None:
+    """PyYAML keeps the last of two equal keys silently (``window_days`` twice: the second
+    one wins unseen); refuse them, as the mapping files do."""
+    from calsync.mapping.loading import _no_duplicates
+
+    node = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    if node is not None:
+        _no_duplicates(node, [], where, set())
 
 
 def parse_integration(path: Path, text: str, display: str | None = None) -> IntegrationConfig:
@@ -352,6 +368,7 @@ def parse_integration(path: Path, text: str, display: str | None = None) -> Inte
         raise ConfigError(where, at, f"invalid YAML: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(where, None, "expected a mapping of settings at the top level")
+    _refuse_duplicate_keys(text, where)
     if "id" in data:
         raise ConfigError(where, "id", "the integration id is the file name; remove 'id'")
     for key in _secret_keys(data):

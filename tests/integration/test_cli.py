@@ -73,7 +73,9 @@ def test_validate_the_checkout():
 def test_validate_names_file_and_field(fresh_include: Path):
     integrations = fresh_include / "integrations"
     (integrations / "good.yaml").write_text(INTEGRATION_YAML)
-    (integrations / "wide.yaml").write_text(INTEGRATION_YAML + "window_days: 30\n")
+    (integrations / "wide.yaml").write_text(
+        INTEGRATION_YAML.replace("window_days: 3", "window_days: 30")
+    )
     (integrations / "nomap.yaml").write_text(INTEGRATION_YAML.replace("office365_forward", "x"))
     (integrations / "good.yml").write_text(INTEGRATION_YAML)
     (fresh_include / "housekeeping.yaml").write_text("sync_log: {retention_days: 0}\n")

@@ -36,7 +36,11 @@ def test_shipped_demo_config_validates():
 @pytest.mark.parametrize(
     ("text", "field", "message"),
     [
-        (GOOD + "window_days: 0\n", "window_days", "greater than or equal to 1"),
+        (
+            GOOD.replace("window_days: 5", "window_days: 0"),
+            "window_days",
+            "greater than or equal to 1",
+        ),
         (
             GOOD.replace("window_days: 5", "window_days: 16"),
             "window_days",
@@ -58,6 +62,7 @@ def test_shipped_demo_config_validates():
         ),
         ("name: [unclosed\n", "line 2, column 1", "invalid YAML"),
         ("- a\n- b\n", None, "expected a mapping"),
+        (GOOD + "window_days: 3\n", "window_days", "duplicate key (lines 5 and 8)"),
     ],
 )
 def test_bad_config_names_file_and_field(text, field, message):
@@ -84,7 +89,7 @@ def test_bad_file_name_is_refused():
 
 def test_one_broken_file_never_hides_the_others(tmp_path):
     (tmp_path / "good.yaml").write_text(GOOD)
-    (tmp_path / "bad.yaml").write_text(GOOD + "window_days: 99\n")
+    (tmp_path / "bad.yaml").write_text(GOOD.replace("window_days: 5", "window_days: 99"))
     (tmp_path / "notes.txt").write_text("ignored")
     results = {r.stem: r for r in load_integrations(tmp_path)}
     assert set(results) == {"good", "bad"}
