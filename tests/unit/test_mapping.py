@@ -825,6 +825,7 @@ ESCAPES = [
     "src | attr('__class__')",
     "src.subject | attr('upper')",
     "src.subject | map('attr', '__class__') | list",
+    "[src.subject] | map(attribute='__class__') | list | string",
     "src | selectattr('__class__') | list",
     "(src.attendees | first).__class__",
     "lookup.__globals__",

@@ -106,6 +106,13 @@ class Sandbox(ImmutableSandboxedEnvironment):
             return attr in _SEQ_ATTRS
         return False
 
+    def unsafe_undefined(self, obj: Any, attribute: str) -> Undefined:
+        # Jinja hands back an Undefined that raises only when printed on its own: inside a
+        # list (``[x] | map(attribute='__class__') | list | string``) it became "Undefined".
+        raise SecurityError(
+            f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe."
+        )
+
     def wrap_str_format(self, value: Any) -> None:
         # No str.format/format_map at all: "{:999999999}".format(1) allocates 1 GB.
         return None
