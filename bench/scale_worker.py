@@ -1,0 +1,111 @@
+"""A forward-sync process of the scale benchmark: the engine (``calsync.sync.forward.sync_users``,
+as a DAG's mapped task calls it) or the naive baseline, in a process of its own so its peak
+memory is its own and not the harness's (which holds the generated tenant).
+
+Started by ``bench/scale.py`` with a job (JSON: mode, suite, OA URL, integration YAML, the
+suite connection's environment); prints ``ready``, then for every ``{"label", "incremental"}``
+line on stdin runs one sync of every user in scope and prints one JSON line: wall time, action
+counts, failed users, peak RSS so far. Imports and start-up are not timed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "plugins"), str(ROOT), str(ROOT / "bench")]
+
+
+def engine_run(engine: Any, config: Any, library: Any, window: Any, label: str, incr: bool) -> Any:
+    from calsync.connectors.base import connector_for
+    from calsync.oa import store
+    from calsync.sync.forward import sync_users
+
+    with engine.connect() as conn:
+        users = store.resolve_scope(conn, config.scope, config.binding).users
+
+    async def go() -> list[Any]:
+        async with connector_for(config) as connector:
+            run = store.RunInfo(config.id, "bench_scale", label)
+            return await sync_users(
+                engine, config, library, connector, users, window, run, incremental=incr
+            )
+
+    started = time.perf_counter()
+    results = asyncio.run(go())
+    wall = time.perf_counter() - started
+    counts: dict[str, int] = {}
+    for r in results:
+        for key, value in r.counts.items():
+            counts[key] = counts.get(key, 0) + value
+    errors = [r.error for r in results if r.error][:3]
+    return wall, counts, sum(1 for r in results if r.error), errors
+
+
+def main() -> int:
+    job = json.loads(sys.argv[1])
+    os.environ.update(job["env"])
+    logging.basicConfig(level=logging.WARNING)
+    from calsync.config import parse_integration
+    from calsync.mapping import MappingLibrary
+    from calsync.oa import store
+    from calsync.oa.db import engine_from_url
+    from calsync.sync.window import scheduled_window
+
+    config = parse_integration(Path(f"{job['integration']}.yaml"), job["config_yaml"])
+    library = MappingLibrary.load(ROOT / "include" / "mappings")
+    window = scheduled_window(dt.datetime.now(dt.UTC), config.timezone, config.window_days)
+    engine = engine_from_url(job["oa_url"])
+    reader = None
+    if job["mode"] == "naive":
+        import naive_sync
+
+        if job["suite"] == "graph":
+            reader = naive_sync.GraphReader(job["conn_json"])
+        elif job["suite"] == "alimail":
+            reader = naive_sync.AlimailReader(job["conn_json"], job["endpoint"])
+        else:
+            reader = naive_sync.ExchangeReader(job["conn_json"], job["ca_file"], config.timezone)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        step = json.loads(line)
+        if step.get("stop"):
+            break
+        if reader is not None:
+            run = store.RunInfo(config.id, "bench_naive", step["label"])
+            result = naive_sync.naive_sync(engine, config, library, reader, window, run)
+            wall, counts, failed, errors = result.wall_s, result.counts, result.failed, []
+        else:
+            wall, counts, failed, errors = engine_run(
+                engine, config, library, window, step["label"], step["incremental"]
+            )
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(
+            json.dumps(
+                {
+                    "wall_s": round(wall, 2),
+                    "counts": counts,
+                    "failed_users": failed,
+                    "errors": errors,
+                    "peak_rss_mb": round(rss),
+                }
+            ),
+            flush=True,
+        )
+    if reader is not None:
+        reader.close()
+    engine.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
