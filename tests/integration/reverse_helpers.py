@@ -126,7 +126,7 @@ class ReverseRunner:
         self.library = MappingLibrary.load(ROOT / "include" / "mappings")
         self.runs = 0
 
-    def __call__(self, worker: str | None = None) -> dict[str, Any]:
+    def __call__(self, worker: str | None = None, confirm_deletes: bool = False) -> dict[str, Any]:
         from calsync.connectors.base import connector_for
         from calsync.oa import store
         from calsync.sync.reverse import drain
@@ -141,6 +141,7 @@ class ReverseRunner:
                 connector_for,
                 run,
                 worker=worker or f"w{self.runs}",
+                confirm_deletes=confirm_deletes,
             )
         )
 

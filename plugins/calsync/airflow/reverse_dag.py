@@ -20,6 +20,7 @@ from airflow.sdk import (
     AssetOrTimeSchedule,
     AssetWatcher,
     CronTriggerTimetable,
+    Param,
     get_current_context,
     task,
 )
@@ -68,13 +69,26 @@ def build_reverse_dag(
             f"Drains the change outbox of the OA database `{oa_connection_id}` into the suites "
             f"of: {names}.\n\nStarted by the outbox watcher within about a second of a change "
             f"(and every 10 minutes as a sweep). Failed deliveries are retried with back-off "
-            "and go dead after `execution.max_attempts`; see the sync log."
+            "and go dead after `execution.max_attempts`; see the sync log. An OA bulk delete is "
+            "held by the mass-deletion guard; a manual run with `confirm_deletes` releases it."
         ),
         schedule=schedule,
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
         is_paused_upon_creation=not enabled,
+        params={
+            "confirm_deletes": Param(
+                False,
+                type="boolean",
+                title="Confirm held deletions / 确认被拦截的删除",
+                description=(
+                    "Release the suite deletions the mass-deletion guard held after an OA bulk "
+                    "delete (see the sync log's 'held' records) — only after checking that "
+                    "the schedules were meant to go."
+                ),
+            )
+        },
         tags=["calsync", "reverse"],
         default_args={
             "retries": 3,

@@ -61,7 +61,14 @@ def drain_outbox(include_dir: str, oa_connection_id: str, context: Any) -> dict[
                 users = store.resolve_scope(conn, config.scope, config.binding).users
         return connector_for(config, accounts=personal_accounts(config, engine, users))
 
-    summary = asyncio.run(drain(engine, configs, library, factory, run, worker=worker))
+    confirm_deletes = bool((context.get("params") or {}).get("confirm_deletes"))
+    if confirm_deletes:
+        log.warning("confirm_deletes: suite deletions held by the mass-deletion guard are released")
+    summary = asyncio.run(
+        drain(
+            engine, configs, library, factory, run, worker=worker, confirm_deletes=confirm_deletes
+        )
+    )
     routed = summary["routed"]
     log.info(
         "routed %d outbox row(s): %d delivery(ies), %d calsync echo(es) ignored, "
@@ -80,6 +87,15 @@ def drain_outbox(include_dir: str, oa_connection_id: str, context: Any) -> dict[
         emit("reverse", report["integration"], report["counts"])
         counts = ", ".join(f"{k}={v}" for k, v in sorted(report["counts"].items()))
         log.info("%s: %s", report["integration"], counts or "nothing to deliver")
+        for held in report.get("held", []):
+            log.warning(
+                "%s: %d suite deletion(s) of %s held: %s — check, then trigger this DAG with "
+                "confirm_deletes",
+                report["integration"],
+                held["total"],
+                held["mailbox"],
+                held["reason"],
+            )
         for error in report["errors"][:20]:
             log.warning("%s: %s", report["integration"], error)
         if report["errors"] and not report["counts"]:

@@ -3,6 +3,7 @@
     calsync new --type exchange --name "Exchange HQ" [--id hq] [--set key=value ...]
     calsync validate [--include DIR]
     calsync sync --integration ID [--start YYYY-MM-DD --end YYYY-MM-DD] [--users a,b] [--dry-run]
+    calsync deletes --integration ID {list | release}
     calsync accounts [--conn-id CONN | --url URL] set --user LOGIN --login EXCHANGE_LOGIN
     calsync accounts [--conn-id CONN | --url URL] rotate
 
@@ -253,6 +254,35 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 1 if any(r.error for r in results) else 0
 
 
+# --- deletes -----------------------------------------------------------------------------------
+
+
+def cmd_deletes(args: argparse.Namespace) -> int:
+    """List or release the suite deletions reverse sync's mass-deletion guard held (E10)."""
+    from calsync.cli import sync as cli_sync
+    from calsync.oa.store import RunInfo
+    from calsync.sync import reverse_guard
+
+    config, _library = _load_one(include_dir(args.include), args.integration)
+    engine = cli_sync.oa_engine(config)
+    if args.action == "list":
+        with engine.connect() as conn:
+            held = reverse_guard.held_list(conn, config.id)
+        for item in held:
+            print(f"{item.held_at:%Y-%m-%d %H:%M:%S}Z  schedule {item.schedule_id}  {item.title}")
+        print(f"{len(held)} held deletion(s) in {config.id}")
+        return 0
+    now = dt.datetime.now(dt.UTC)
+    run = RunInfo(integration_id=config.id, run_id=f"calsync-cli__{now:%Y-%m-%dT%H:%M:%S}")
+    with engine.begin() as conn:
+        released = reverse_guard.release_held(conn, config.id, run, "calsync deletes release")
+    print(
+        f"{released} held deletion(s) of {config.id} released: the next reverse drain deletes "
+        "the events"
+    )
+    return 0
+
+
 # --- accounts ----------------------------------------------------------------------------------
 
 
@@ -315,6 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sync.add_argument("--include", help=include_help)
     sync.set_defaults(func=cmd_sync)
+
+    deletes = sub.add_parser(
+        "deletes", help="suite deletions held after an OA bulk delete (E10): list / release"
+    )
+    deletes.add_argument("--integration", required=True, help="integration id (its file name)")
+    deletes.add_argument("action", choices=("list", "release"))
+    deletes.add_argument("--include", help=include_help)
+    deletes.set_defaults(func=cmd_deletes)
 
     acc = sub.add_parser(
         "accounts",

@@ -89,6 +89,7 @@ def _upsert_deliveries(conn: sa.Connection, rows: list[dict[str, Any]], now: dt.
         "attempts": 0,
         "next_attempt_at": now,
         "updated_at": now,
+        "confirmed": False,  # a new change is guarded anew (E10)
     }
     if name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert

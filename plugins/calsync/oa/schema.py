@@ -270,7 +270,7 @@ deliveries = sa.Table(
     sa.Column("integration_id", sa.String(64), nullable=False),
     sa.Column("schedule_id", sa.Integer, nullable=False),
     sa.Column("outbox_id", sa.Integer, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # pending / done / dead
+    sa.Column("status", sa.String(16), nullable=False),  # pending / done / dead / held (E10)
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("next_attempt_at", DATETIME_US, nullable=False),
     sa.Column("claimed_by", sa.String(100), nullable=True),
@@ -278,6 +278,8 @@ deliveries = sa.Table(
     sa.Column("last_error", LONG_TEXT, nullable=False, server_default=""),
     sa.Column("created_at", DATETIME_US, nullable=False),
     sa.Column("updated_at", DATETIME_US, nullable=False),
+    # E10: an admin released this held delete; the guard lets it pass (migration 0004)
+    sa.Column("confirmed", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.UniqueConstraint("integration_id", "schedule_id", name="uq_calsync_deliveries_schedule"),
     sa.Index("ix_calsync_deliveries_due", "integration_id", "status", "next_attempt_at"),
 )

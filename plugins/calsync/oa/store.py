@@ -520,7 +520,8 @@ def _unpushed(
     conn: sa.Connection, integration_id: str, ids: list[int], op: str | None = None
 ) -> set[int]:
     """Of ``ids``, the schedules with an OA change (``op`` only, if given) reverse sync has
-    not pushed yet: a pending or dead delivery, or an OA-made outbox row not yet routed."""
+    not pushed yet: a pending, dead or held (E10) delivery, or an OA-made outbox row not yet
+    routed."""
     d, ob = t.deliveries, t.outbox
     pending: set[int] = set()
     for chunk in outbox.chunks(ids):
@@ -528,7 +529,7 @@ def _unpushed(
             conn.execute(
                 sa.select(d.c.schedule_id).where(
                     d.c.integration_id == integration_id,
-                    d.c.status.in_(("pending", "dead")),
+                    d.c.status.in_(("pending", "dead", "held")),
                     d.c.schedule_id.in_(chunk),
                 )
             ).scalars()

@@ -41,3 +41,20 @@ def hold_reason(
             f"more than {guard.delete_share:.0%}"
         )
     return None
+
+
+def reverse_hold_reason(deletes: int, linked: int, guard: Any, mailbox: str | None) -> str | None:
+    """Why ``deletes`` of OA-deleted schedules must not reach the suite yet (None: let them
+    go), for one ``mailbox`` or (None) the whole integration. ``linked``: the schedules
+    calsync had linked there before the deletions. The count rule is per user only."""
+    if deletes <= 0:
+        return None
+    where = mailbox or "the integration"
+    if mailbox is not None and deletes > guard.delete_count:
+        return f"{deletes} OA deletions for {where} exceed the limit of {guard.delete_count}"
+    if linked >= guard.min_links and deletes > guard.delete_share * linked:
+        return (
+            f"{deletes} of {linked} linked schedule(s) of {where} were deleted in the OA, "
+            f"more than {guard.delete_share:.0%}"
+        )
+    return None

@@ -24,6 +24,10 @@ OA transaction per group (group commit). A schedule's first delivery that no dra
 before (``outbox.Claimed.fresh``) creates without the lookup by key: nothing can carry its key
 yet. Every retry, takeover of a lapsed claim and later delivery looks first.
 
+Before delivering, an OA bulk delete is held by the mass-deletion guard (E10,
+:mod:`calsync.sync.reverse_guard`): those deletions wait for an admin's ``confirm_deletes``
+while creates and updates go on.
+
 Failures are retried with exponential back-off; after ``max_attempts`` the delivery is dead,
 with the reason in the sync log; other schedules flow on. A mapping error is dead at once
 (retrying cannot fix it).
@@ -50,6 +54,7 @@ from calsync.model import Attendee, OAUser, Participant, ScheduleData, SuiteEven
 from calsync.oa import outbox, store
 from calsync.oa import schema as t
 from calsync.oa.db import SQLITE_BEGIN_OPTION
+from calsync.sync import reverse_guard
 from calsync.sync.plan import event_extent
 
 log = logging.getLogger("calsync.reverse")
@@ -324,12 +329,18 @@ class DrainReport:
     integration_id: str
     counts: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    held: list[dict[str, Any]] = field(default_factory=list)  # E10: per mailbox, with why
 
     def add(self, key: str, n: int = 1) -> None:
         self.counts[key] = self.counts.get(key, 0) + n
 
     def as_dict(self) -> dict[str, Any]:
-        return {"integration": self.integration_id, "counts": self.counts, "errors": self.errors}
+        return {
+            "integration": self.integration_id,
+            "counts": self.counts,
+            "errors": self.errors,
+            "held": self.held,
+        }
 
 
 class IntegrationDrain:
@@ -343,8 +354,10 @@ class IntegrationDrain:
         connector: SuiteConnector,
         run: store.RunInfo,
         worker: str,
+        confirm_deletes: bool = False,
     ) -> None:
         self.engine = engine
+        self.confirm_deletes = confirm_deletes
         self.config = config
         self.library = library
         self.connector = connector
@@ -379,8 +392,31 @@ class IntegrationDrain:
                 exclude=self._tried,
             )
 
+    def _guard_deletes(self) -> None:
+        """E10 before delivering: hold an OA bulk delete, or release held ones when the
+        admin confirmed (:mod:`calsync.sync.reverse_guard`)."""
+        with self.engine.begin() as conn:
+            if self.confirm_deletes:
+                released = reverse_guard.release_held(conn, self.config.id, self.run)
+                if released:
+                    self.report.add("released", released)
+                return
+            held = reverse_guard.hold_deletes(conn, self.config, self.users.values(), self.run)
+        for group in held:
+            self.report.held.append(group.as_dict())
+            self.report.add("held", group.total)
+            if group.count:
+                log.warning(
+                    "%s: %d suite deletion(s) of %s held: %s",
+                    self.config.id,
+                    group.count,
+                    group.mailbox,
+                    group.reason,
+                )
+
     async def run_until_empty(self, deadline: float, batch: int = CLAIM_BATCH) -> DrainReport:
         semaphore = asyncio.Semaphore(self.config.execution.concurrency * PER_MAILBOX)
+        await self._db(self._guard_deletes)
         while time.monotonic() < deadline:
             claimed = await self._db(self._claim, batch)
             if not claimed:
@@ -846,9 +882,11 @@ async def drain(
     *,
     worker: str,
     time_budget_s: float = 300.0,
+    confirm_deletes: bool = False,
 ) -> dict[str, Any]:
     """Route new changes, then deliver every reverse integration's due changes, each
-    integration on its own (one failing suite never blocks another)."""
+    integration on its own (one failing suite never blocks another). ``confirm_deletes``:
+    release the deletions the mass-deletion guard held, and hold none (E10)."""
     routed = await asyncio.to_thread(route_all, engine, configs)
     deadline = time.monotonic() + time_budget_s
     reverse = [c for c in configs if c.enabled and c.reverse]
@@ -857,7 +895,14 @@ async def drain(
         try:
             async with connector_factory(config) as connector:
                 runner = await asyncio.to_thread(
-                    IntegrationDrain, engine, config, library, connector, run, worker
+                    IntegrationDrain,
+                    engine,
+                    config,
+                    library,
+                    connector,
+                    run,
+                    worker,
+                    confirm_deletes,
                 )
                 return await runner.run_until_empty(deadline)
         except Exception as exc:

@@ -20,6 +20,7 @@ LABELS: dict[str, tuple[str, str]] = {
     "dead": ("失败投递 (dead)", "Dead deliveries"),
     "pending": ("待投递", "Pending deliveries"),
     "due": ("已到期", "due"),
+    "held_deletes": ("被拦截的删除", "held deletions"),
     "oldest": ("最早", "oldest"),
     "unrouted": ("尚未路由的 OA 变更 (outbox)", "OA changes not yet routed (outbox)"),
     "none": ("无", "none"),
@@ -79,6 +80,7 @@ LABELS: dict[str, tuple[str, str]] = {
     "a_failed": ("失败", "failed"),
     "a_conflict": ("冲突", "conflict"),
     "a_held": ("已暂停", "held"),
+    "a_released": ("已放行", "released"),
     "a_declined": ("会议室已拒绝", "room declined"),
 }
 

@@ -43,6 +43,7 @@ ACTIONS = (
     "failed",
     "conflict",
     "held",
+    "released",
     "declined",
 )
 PROBLEM_ACTIONS = ("failed", "conflict", "skipped")
@@ -359,6 +360,7 @@ class IntegrationOverview:
     pending: int = 0
     pending_due: int = 0
     oldest_pending: dt.datetime | None = None
+    held: int = 0  # suite deletions the mass-deletion guard holds (E10), awaiting release
 
 
 @dataclass
@@ -462,7 +464,8 @@ def overview(
         items[integration_id].counts[action] = count
     for integration_id, users in _failing_users(conn, since, wanted).items():
         items[integration_id].failing_users = users
-    # reverse deliveries: dead ones (with the reason), and the backlog still pending
+    # reverse deliveries: dead ones (with the reason), the backlog still pending, and the
+    # deletions held by the mass-deletion guard
     for integration_id, status, count, oldest, due in conn.execute(
         sa.select(
             d.integration_id,
@@ -471,12 +474,14 @@ def overview(
             sa.func.min(d.created_at),
             sa.func.sum(sa.case((d.next_attempt_at <= now, 1), else_=0)),
         )
-        .where(d.integration_id.in_(ids), d.status.in_(("dead", "pending")))
+        .where(d.integration_id.in_(ids), d.status.in_(("dead", "pending", "held")))
         .group_by(d.integration_id, d.status)
     ):
         item = items[integration_id]
         if status == "dead":
             item.dead_total = count
+        elif status == "held":
+            item.held = count
         else:
             item.pending, item.oldest_pending, item.pending_due = count, oldest, int(due or 0)
     title = sa.func.coalesce(t.schedules.c.title, t.outbox.c.title)
