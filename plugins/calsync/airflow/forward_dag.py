@@ -112,7 +112,7 @@ def build_forward_dag(loaded: LoadedConfig, include_dir: Path) -> DAG:
         def resolve_window() -> dict[str, str]:
             from calsync.airflow import runtime
 
-            return runtime.resolve_window(integration_file, get_current_context())
+            return runtime.resolve_window(integration_file, get_current_context(), mappings_dir)
 
         @task
         def resolve_users(window: dict[str, str]) -> list[list[dict[str, Any]]]:

@@ -28,6 +28,18 @@ def load_config(integration_file: str) -> IntegrationConfig:
         raise AirflowFailException(str(exc)) from None
 
 
+def check_mappings(config: IntegrationConfig, mappings_dir: str) -> None:
+    """Fail the run's first task when the mapping library (or this config's references into
+    it) is broken: every user's sync would fail on it after the run had started writing."""
+    from calsync.config import check_references
+    from calsync.mapping import MappingLibrary
+
+    try:
+        check_references(config, MappingLibrary.load(Path(mappings_dir)), config.id)
+    except ConfigError as exc:
+        raise AirflowFailException(str(exc)) from None
+
+
 def _now(context: Any) -> dt.datetime:
     dag_run = context.get("dag_run")
     for attr in ("run_after", "logical_date"):
@@ -37,8 +49,12 @@ def _now(context: Any) -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def resolve_window(integration_file: str, context: Any) -> dict[str, str]:
+def resolve_window(
+    integration_file: str, context: Any, mappings_dir: str | None = None
+) -> dict[str, str]:
     config = load_config(integration_file)
+    if mappings_dir is not None:
+        check_mappings(config, mappings_dir)
     if not config.enabled:
         raise AirflowFailException(
             f"integration {config.id!r} is disabled (enabled: false in {integration_file}); "
