@@ -12,6 +12,7 @@ requests they served.
 from __future__ import annotations
 
 import datetime as dt
+import zoneinfo
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from calsync.config import parse_integration
+from calsync.config import parse_integration, resolve_timezone
 from calsync.oa import schema as t
 from calsync.oa.seed import seed_demo
 from tests.contract.conftest import ALIMAIL_CONN, EWS_CONN
@@ -47,6 +48,23 @@ class Ev:
     room: bool = False
     weekly: int = 0  # a weekly series of that many occurrences
     daily: int = 0  # a daily series of that many occurrences
+
+
+@dataclass(frozen=True)
+class Stored:
+    """An event's times as a suite stores them: UTC instants, or dates for all-day; ``zone``
+    is the suite's own zone name (Windows or IANA)."""
+
+    start: dt.datetime | None
+    end: dt.datetime | None
+    dates: tuple[dt.date, dt.date] | None
+    zone: str
+
+
+def _instant(wall: str, zone: str) -> dt.datetime:
+    """A wall time in a zone (IANA or Windows name) as an aware UTC datetime."""
+    local = dt.datetime.fromisoformat(wall[:19])
+    return local.replace(tzinfo=zoneinfo.ZoneInfo(resolve_timezone(zone))).astimezone(dt.UTC)
 
 
 def _wall(value: dt.datetime) -> str:
@@ -116,6 +134,14 @@ class Suite:
         raise NotImplementedError
 
     def stored(self, mailbox: str) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def times(self, mailbox: str, subject: str) -> Stored:
+        """When the stored event (not a series) is, read from the emulator's own record."""
+        [item] = [e for e in self.stored(mailbox) if e.get("subject") == subject]
+        return self._times_of(item)
+
+    def _times_of(self, item: dict[str, Any]) -> Stored:
         raise NotImplementedError
 
     def writes(self) -> dict[str, int]:
@@ -222,6 +248,19 @@ class GraphSuite(Suite):
     def expire_feeds(self) -> None:
         self.server.store.expire_delta_tokens()
 
+    def _times_of(self, item: dict[str, Any]) -> Stored:
+        start, end = item["start"], item["end"]
+        if item.get("isAllDay"):
+            dates = (dt.date.fromisoformat(start["dateTime"][:10]),
+                     dt.date.fromisoformat(end["dateTime"][:10]))  # fmt: skip
+            return Stored(None, None, dates, start["timeZone"])
+        return Stored(
+            _instant(start["dateTime"], start["timeZone"]),
+            _instant(end["dateTime"], end["timeZone"]),
+            None,
+            start["timeZone"],
+        )
+
 
 class ExchangeSuite(Suite):
     kind = "exchange"
@@ -296,6 +335,15 @@ class ExchangeSuite(Suite):
     def expire_feeds(self) -> None:
         self.server.store.invalidate_sync_states()
 
+    def _times_of(self, item: dict[str, Any]) -> Stored:
+        if item["is_all_day"]:
+            dates = (dt.date.fromisoformat(item["start_date"]),
+                     dt.date.fromisoformat(item["end_date"]))  # fmt: skip
+            return Stored(None, None, dates, item["timezone"])
+        start = dt.datetime.fromisoformat(item["start"].replace("Z", "+00:00"))
+        end = dt.datetime.fromisoformat(item["end"].replace("Z", "+00:00"))
+        return Stored(start, end, None, item["timezone"])
+
 
 class AlimailSuite(Suite):
     kind = "alimail_v2"
@@ -364,6 +412,22 @@ class AlimailSuite(Suite):
 
     def mail(self) -> int:
         return sum(self.server.stats.snapshot()["notifications"].values())
+
+    def _times_of(self, item: dict[str, Any]) -> Stored:
+        start, end = item["start"], item["end"]
+        zone = start.get("timeZone") or item.get("timeZone") or "UTC"
+        if item.get("isAllDay"):
+            first = start.get("date") or start["dateTime"][:10]
+            last = end.get("date") or end["dateTime"][:10]
+            return Stored(
+                None, None, (dt.date.fromisoformat(first), dt.date.fromisoformat(last)), zone
+            )
+        return Stored(
+            _instant(start["dateTime"], zone),
+            _instant(end["dateTime"], end.get("timeZone") or zone),
+            None,
+            zone,
+        )
 
 
 NO_WRITES = {"create": 0, "update": 0, "delete": 0}
