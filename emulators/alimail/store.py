@@ -535,6 +535,20 @@ class Store:
             if notify:
                 self._notify("cancellations_sent", self._recipients(box, item.data))
 
+    def move_event(self, mailbox: str, event_id: str, calendar: str | None = None) -> str:
+        """Move an event to a calendar (id or name; None: the default) of its mailbox with a
+        new id (event ids are not promised to survive a move), UID, body (calsync's marker)
+        and everything else kept; the same calendar just re-issues the id. Returns the id."""
+        with self._lock:
+            box = self.mailbox(mailbox)
+            calendar_id = self.calendar_id(mailbox, calendar)
+            item = self._item(box, None, event_id)
+            new_id = "ev_" + secrets.token_urlsafe(18).replace("_", "x")
+            del box.items[event_id]
+            item.data["id"], item.data["calendarId"] = new_id, calendar_id
+            box.items[new_id] = item
+            return new_id
+
     def delete_event(self, mailbox: str, event_id: str, notify: bool = False) -> None:
         """Python API: delete an event (any calendar)."""
         self.delete(mailbox, None, event_id, notify)

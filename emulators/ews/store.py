@@ -998,6 +998,30 @@ class Store:
             for clone in self._copies(item):
                 outcome.attendee_copies[clone.mailbox] = "kept"
 
+    # --- moving ---
+
+    def move_item(self, mailbox: str, item_id: str, folder: str = "calendar") -> str:
+        """MoveItem: the item goes to ``folder`` of its mailbox ("calendar", or e.g. "projects":
+        a calendar folder calsync does not read) with a new ItemId, as EWS ids change on a
+        move; UID, extended properties, copies and responses stay. The old folder keeps a
+        tombstone (SyncFolderItems: a Delete there, a Create in the new one). Moving to the
+        same folder re-issues the id. Returns the new id."""
+        with self._lock:
+            item = self._item(item_id, self.mailbox(mailbox).email)
+            if split_occurrence_id(item_id) is not None or item.kind != "CalendarItem":
+                raise ValueError("only calendar items (masters, single items) move")
+            self._remove(item)
+            item.id, item.folder = new_item_id(), folder
+            self._put(item)
+            if item.origin is not None:  # an attendee's copy: the organiser finds it anew
+                organiser = self._boxes.get(item.origin[0])
+                master = organiser.items.get(item.origin[1]) if organiser else None
+                if master is not None and master.copies.get(item.mailbox) == item_id:
+                    master.copies[item.mailbox] = item.id
+            for clone in self._copies(item):
+                clone.origin = (item.mailbox, item.id)
+            return item.id
+
     # --- deleting ---
 
     def delete_event(

@@ -13,6 +13,7 @@ POST   /_emulator/mailboxes/{email}/events           body: Graph event  [?delive
 PATCH  /_emulator/mailboxes/{email}/events/{id}      body: patch        [?deliver=false]
 DELETE /_emulator/mailboxes/{email}/events/{id}                         [?deliver=false]
 POST   /_emulator/mailboxes/{email}/events/{id}/move                 -> {"id": new id}
+       body {"calendar": name | "default"}: to another calendar or back, id kept (immutable)
 POST   /_emulator/mailboxes/{email}/events/{id}/cancel-occurrence    {"originalStart"}
 POST   /_emulator/mailboxes/{email}/events/{id}/modify-occurrence    {"originalStart", "patch"}
 """
@@ -78,6 +79,9 @@ class ControlApi:
                 store.delete_event(email, event_id, deliver=deliver)
                 return Response(204)
             case ("POST", ["mailboxes", email, "events", event_id, "move"]):
+                if body.get("calendar"):
+                    moved = store.move_to_calendar(email, event_id, str(body["calendar"]))
+                    return Response(200, {"id": moved})
                 return Response(200, {"id": store.move_event(email, event_id)})
             case ("POST", ["mailboxes", email, "events", event_id, "cancel-occurrence"]):
                 store.cancel_occurrence(email, event_id, body["originalStart"], deliver=deliver)

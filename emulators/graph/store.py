@@ -376,6 +376,9 @@ class Mailbox:
     user_id: str
     items: dict[str, Item] = field(default_factory=dict)
     transactions: dict[str, str] = field(default_factory=dict)  # transactionId -> item id
+    # Items moved to another of the mailbox's calendars: out of every view and delta of the
+    # default calendar (all the emulator serves) until moved back.
+    elsewhere: dict[str, tuple[str, Item]] = field(default_factory=dict)  # id -> (calendar, item)
 
 
 def _norm_attendee(node: Any) -> dict[str, Any]:
@@ -756,6 +759,27 @@ class Store:
                     self._cancel_copy(clone)
                     clone.origin = None
                 self._notify("cancellations_sent", item.mailbox, len(self._recipients(item)))
+
+    def move_to_calendar(self, mailbox: str, event_id: str, calendar: str) -> str:
+        """Move an item to another calendar of its mailbox (``calendar`` a name) or back to the
+        default one (``"default"``). Immutable ids survive moves within a mailbox, so the id,
+        iCalUId and extended properties stay; returns the id. Out of the default calendar the
+        item is in no view or delta (calsync reads only that one)."""
+        with self._lock:
+            box = self.mailbox(mailbox)
+            if calendar == "default":
+                if event_id not in box.elsewhere:
+                    raise item_not_found()
+                _, item = box.elsewhere.pop(event_id)
+                box.items[event_id] = item
+            else:
+                item = (
+                    box.items.pop(event_id, None) or (box.elsewhere.pop(event_id, (None, None))[1])
+                )
+                if item is None:
+                    raise item_not_found()
+                box.elsewhere[event_id] = (calendar, item)
+            return event_id
 
     def move_event(self, mailbox: str, event_id: str) -> str:
         """Give an item a new id (as a move out of the calendar and back does); returns it."""

@@ -516,3 +516,26 @@ def test_cli_prints_state_and_stops_on_sigterm(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     assert not state_file.exists()
+
+
+def test_move_between_calendars_gives_a_new_id_and_keeps_uid_and_body(
+    client: Client, alimail: AlimailEmulator
+) -> None:
+    """E11: a move to another calendar (or within one) re-issues the event id; the UID and the
+    body (where calsync's marker lives) stay, and the default calendar's view follows."""
+    made = alimail.store.add_event(
+        A,
+        timed("Moved", "2026-12-01T09:00:00", "2026-12-01T10:00:00", body="x [calsync:k]"),
+    )
+    span = ("2026-11-30T00:00:00Z", "2026-12-03T00:00:00Z")
+    away = alimail.store.move_event(A, made["id"], OTHER_CALENDAR)
+    assert away != made["id"]
+    assert client.view(A, *span)[0] == []
+    [there] = client.view(A, *span, calendar=client.calendar(A, OTHER_CALENDAR))[0]
+    assert there["id"] == away
+    back = alimail.store.move_event(A, away)
+    [event] = client.view(A, *span)[0]
+    assert event["id"] == back and back not in (away, made["id"])
+    uid = wire.EV_UID[0]
+    assert event[uid] == made[uid] and event["subject"] == "Moved"
+    assert "[calsync:k]" in str(alimail.store.events(A)[0])

@@ -597,3 +597,41 @@ def test_cli_serves_a_seed_and_stops_on_sigterm(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_move_item_gives_a_new_id_and_keeps_uid_copies_and_sync_order(emu: EwsEmulator) -> None:
+    """E11: MoveItem to another folder and back (or within the calendar) gives a new ItemId;
+    the UID, the organiser's link to the attendee copy and the extended properties stay, and
+    SyncFolderItems reports a Delete of the old id and a Create of the new one."""
+    store = emu.store
+    meeting = store.add_event(
+        A,
+        {
+            "subject": "Moved",
+            "start": "2026-12-01T09:00:00",
+            "end": "2026-12-01T10:00:00",
+            "required_attendees": [B],
+        },
+    )
+    _, state, _ = store.sync_changes(A, "calendar", None, 100)
+    away = store.move_item(A, meeting["id"], "projects")
+    assert away != meeting["id"] and [e["id"] for e in store.events(A, "projects")] == [away]
+    assert store.events(A) == []
+    back = store.move_item(A, away)
+    assert back not in (away, meeting["id"])
+    [item] = store.events(A)
+    assert (item["id"], item["uid"], item["subject"]) == (back, meeting["uid"], "Moved")
+    changes, _, _ = store.sync_changes(A, "calendar", state, 100)
+    kinds = sorted((kind, obj if kind == "Delete" else obj.id) for kind, obj in changes)
+    assert kinds == [("Create", back), ("Delete", meeting["id"])]
+    # the organiser's update still reaches the attendee's copy, which moves the same way
+    store.update_item(A, back, {"subject": "Moved v2"}, "SendToAllAndSaveCopy")
+    [copy] = store.find_by_uid(B, meeting["uid"])
+    assert copy["subject"] == "Moved v2"
+    copy_id = store.move_item(B, copy["id"])
+    store.update_item(A, back, {"subject": "Moved v3"}, "SendToAllAndSaveCopy")
+    assert [(c["id"], c["subject"]) for c in store.find_by_uid(B, meeting["uid"])] == [
+        (copy_id, "Moved v3")
+    ]
+    with pytest.raises(EwsError):
+        store.move_item(A, meeting["id"])  # the old id is gone

@@ -7,8 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 
 from emulators.graph import GraphEmulator
+from emulators.graph.store import GraphError
 from tests.emulators.conftest import GraphClient
 from tests.emulators.test_graph_emulator import event, person
 
@@ -247,3 +249,22 @@ def test_delta_refuses_what_graph_does_not_support(client: GraphClient) -> None:
     assert expand.status_code == 400 and "$expand" in expand.json()["error"]["message"]
     post = client.call("POST", f"users/{A}/calendarView/delta", json={})
     assert post.status_code == 405
+
+
+def test_a_move_to_another_calendar_and_back_keeps_the_immutable_id(
+    client: GraphClient, emu: GraphEmulator
+) -> None:
+    """E11: out of the default calendar an item leaves its view and delta (removed); back, it
+    returns under the same immutable id, iCalUId and extended properties."""
+    item = emu.store.add_event(A, at("to move away", 3))
+    _, _, link = delta(client, A)
+    assert emu.store.move_to_calendar(A, item["id"], "项目日历") == item["id"]
+    assert item["id"] not in {e["id"] for e in emu.store.events(A)}
+    entries, _, link = delta(client, A, link)
+    assert removed(entries) == {item["id"]} and upserts(entries) == {}
+    assert emu.store.move_to_calendar(A, item["id"], "default") == item["id"]
+    entries, _, _ = delta(client, A, link)
+    [back] = upserts(entries).values()
+    assert (back["id"], back["iCalUId"]) == (item["id"], item["iCalUId"])
+    with pytest.raises(GraphError, match="not found"):
+        emu.store.move_to_calendar(A, "no-such-id", "default")
