@@ -111,10 +111,10 @@ class GraphApi:
         segments = req.segments
         parts = segments[1:]
         if parts == ["$batch"]:
-            self.stats.request("batch", None)
+            self.stats.batch()
             client, reason = self.authority.client_for(req.headers.get("Authorization"))
             if client is None:
-                return self._finish(self._unauthorized(reason))
+                return self._finish(self.unauthorized(reason))
             if req.method != "POST":
                 return self._finish(
                     graph_error(
@@ -134,7 +134,7 @@ class GraphApi:
         self.stats.request(kind, mailbox)
         client, reason = self.authority.client_for(req.headers.get("Authorization"))
         if client is None:
-            return self._finish(self._unauthorized(reason))
+            return self._finish(self.unauthorized(reason))
         verdict = self.throttle.check_window(client, mailbox)
         if verdict is not None:
             return self._finish(self._verdict(verdict, client, mailbox))
@@ -180,7 +180,7 @@ class GraphApi:
             return graph_error(exc.status, exc.code, exc.message)
 
     @staticmethod
-    def _unauthorized(reason: str) -> Response:
+    def unauthorized(reason: str) -> Response:
         response = graph_error(401, "InvalidAuthenticationToken", reason)
         response.headers["WWW-Authenticate"] = 'Bearer realm="", error="invalid_token"'
         return response

@@ -6,13 +6,16 @@ The body is ``{"requests": [{"id", "method", "url", "headers"?, "body"?}, ...]}`
 one per request: each request succeeds or fails on its own.
 
 Authentication and the injected latency apply to the batch (the sub-requests run side by
-side on the service). Everything else applies per sub-request, as on Graph: the Retry-After
-window of (client, mailbox), the per-mailbox concurrency limit (every sub-request is counted in
-flight for its mailbox while the batch runs, so a batch of six for one mailbox gets 429
-ApplicationThrottled with Retry-After for the fifth and sixth), ``fail_next`` (matched
-against the sub-request's URL) and random faults. Sub-requests count in the stats' ``by_kind``,
-``by_mailbox`` and ``by_status`` and in ``batched_requests``; ``requests`` counts the batch
-once (kind ``batch``). ``dependsOn`` is not supported (refused with 400).
+side on the service); the token is checked again for each sub-request after the latency, so a
+token that expires while a batch runs fails its sub-requests with 401. Everything else
+applies per sub-request, as on Graph: the Retry-After window of (client, mailbox), the
+per-mailbox concurrency limit (every sub-request is counted in flight for its mailbox while
+the batch runs, so a batch of six for one mailbox gets 429 ApplicationThrottled with
+Retry-After for the fifth and sixth), ``fail_next`` (matched against the sub-request's URL)
+and random faults. Sub-requests count in the stats' ``by_kind``, ``by_mailbox``,
+``by_status``, ``requests`` and ``batched_requests``; ``batches`` counts the batch itself
+(HTTP round trips = requests - batched_requests + batches). ``dependsOn`` is not supported
+(refused with 400).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class BatchApi:
             return graph_error(400, "BadRequest", str(exc))
         api = self.api
         throttle, stats = api.throttle, api.stats
+        auth = req.headers.get("Authorization")
         # Admit every sub-request first (they run side by side): the Retry-After window as it
         # was before this batch, then the concurrency cap; refusals penalize only afterwards.
         routed = []
@@ -73,7 +77,12 @@ class BatchApi:
                 time.sleep(latency / 1000)
             responses = []
             for sub_id, sub, mailbox, _verdict in admitted:
-                response = refused.get(sub_id) or api.serve_entered(sub, client, mailbox)
+                response = refused.get(sub_id)
+                if response is None and api.authority.client_for(auth)[0] is None:
+                    # the token expired while the batch ran: Graph authorizes each request
+                    response = api.unauthorized("The access token has expired.")
+                if response is None:
+                    response = api.serve_entered(sub, client, mailbox)
                 stats.status(response.status)
                 responses.append(_entry(sub_id, response))
         finally:

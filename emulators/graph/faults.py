@@ -60,7 +60,11 @@ class Stats(StatsBase):
     def reset(self) -> None:
         with self._lock:
             self.requests = 0
-            self.batched_requests = 0  # sub-requests of $batch requests
+            # ``requests`` counts API requests as Graph's limits do: each request inside a
+            # $batch is one (and the batch itself none); ``batches`` counts the $batch round
+            # trips, ``batched_requests`` the requests they carried.
+            self.batches = 0
+            self.batched_requests = 0
             self.by_kind: Counter[str] = Counter()
             self.by_status: Counter[int] = Counter()
             self.by_mailbox: Counter[str] = Counter()
@@ -80,9 +84,14 @@ class Stats(StatsBase):
             if mailbox:
                 self.by_mailbox[mailbox] += 1
 
-    def subrequest(self, kind: str, mailbox: str | None) -> None:
-        """One request inside a ``$batch`` (the batch itself counts in ``requests``)."""
+    def batch(self) -> None:
         with self._lock:
+            self.batches += 1
+
+    def subrequest(self, kind: str, mailbox: str | None) -> None:
+        """One request inside a ``$batch``."""
+        with self._lock:
+            self.requests += 1
             self.batched_requests += 1
             self.by_kind[kind] += 1
             if mailbox:
@@ -110,6 +119,7 @@ class Stats(StatsBase):
         with self._lock:
             return {
                 "requests": self.requests,
+                "batches": self.batches,
                 "batched_requests": self.batched_requests,
                 "by_kind": dict(self.by_kind),
                 "by_status": {str(k): v for k, v in self.by_status.items()},

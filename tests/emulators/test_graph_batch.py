@@ -42,9 +42,10 @@ def test_batch_answers_each_request_on_its_own(client: GraphClient, emu: GraphEm
     assert answers["3"]["status"] == 404
     assert answers["4"]["status"] == 404 and "body" in answers["4"]
     stats = emu.stats.snapshot()
-    assert stats["requests"] == 1 + 1  # the token and the batch
+    assert stats["requests"] == 1 + 4  # the token and the batched requests
     assert stats["batched_requests"] == 4
-    assert stats["by_kind"]["events_create"] == 1 and stats["by_kind"]["batch"] == 1
+    assert stats["by_kind"]["events_create"] == 1 and stats["batches"] == 1
+    assert sum(stats["by_kind"].values()) == 4 + 1  # the sub-requests and the token
     assert stats["by_mailbox"][A] == 2
 
 
