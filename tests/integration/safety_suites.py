@@ -104,7 +104,12 @@ class Suite:
     def __init__(self, server: Any) -> None:
         self.server = server
 
-    def config(self, zone: str = ZONE, direction: str = "forward", extra: str = "") -> Any:
+    def config(
+        self, zone: str = ZONE, direction: str = "forward", extra: str = "", notify: bool = True
+    ) -> Any:
+        """The integration over this suite; ``notify``: the reverse write modes that send
+        meeting messages (EWS SendOnlyToAll, Alibaba sendNotification) or none (Graph has no
+        such switch)."""
         raise NotImplementedError
 
     def _parse(self, connection: str, section: str, zone: str, direction: str) -> Any:
@@ -168,7 +173,10 @@ class GraphSuite(Suite):
             server.store.add_mailbox(email, name)
         server.store.add_mailbox(ROOM, ROOM_NAME)
 
-    def config(self, zone: str = ZONE, direction: str = "forward", extra: str = "") -> Any:
+    def config(
+        self, zone: str = ZONE, direction: str = "forward", extra: str = "", notify: bool = True
+    ) -> Any:
+        assert notify, "Graph sends meeting messages for every organiser write: no switch"
         return self._parse(GRAPH_CONN, "office365: {page_size: 10}\n" + extra, zone, direction)
 
     def _times(self, ev: Ev) -> dict[str, Any]:
@@ -274,8 +282,14 @@ class ExchangeSuite(Suite):
             server.store.add_mailbox(email, name)
         server.store.add_mailbox(ROOM, ROOM_NAME, kind="Room")
 
-    def config(self, zone: str = ZONE, direction: str = "forward", extra: str = "") -> Any:
-        section = f"exchange: {{server: '{self.server.service_endpoint}'}}\n" + extra
+    def config(
+        self, zone: str = ZONE, direction: str = "forward", extra: str = "", notify: bool = True
+    ) -> Any:
+        mode = "SendOnlyToAll" if notify else "SendToNone"
+        section = (
+            f"exchange: {{server: '{self.server.service_endpoint}', invitation_mode: {mode}, "
+            f"cancellation_mode: {mode}}}\n" + extra
+        )
         return self._parse(EWS_CONN, section, zone, direction)
 
     def add(self, mailbox: str, ev: Ev, deliver: bool = True) -> str:
@@ -359,8 +373,13 @@ class AlimailSuite(Suite):
             server.store.add_mailbox(email, name)
         server.store.add_mailbox(ROOM, ROOM_NAME)
 
-    def config(self, zone: str = ZONE, direction: str = "forward", extra: str = "") -> Any:
-        section = f"alimail: {{endpoint: '{self.server.endpoint}'}}\n" + extra
+    def config(
+        self, zone: str = ZONE, direction: str = "forward", extra: str = "", notify: bool = True
+    ) -> Any:
+        flag = "true" if notify else "false"
+        section = (
+            f"alimail: {{endpoint: '{self.server.endpoint}', send_notifications: {flag}}}\n" + extra
+        )
         return self._parse(ALIMAIL_CONN, section, zone, direction)
 
     def add(self, mailbox: str, ev: Ev, deliver: bool = True) -> str:
