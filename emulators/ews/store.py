@@ -962,6 +962,21 @@ class Store:
             )
             return self.to_dict(self.get_instance(owner, occurrence_id(item.id, key)))
 
+    def record_response(self, mailbox: str, item_id: str, attendee: str, response: str) -> None:
+        """Python API: an attendee's reply reached the organiser's item (``response``: Accept,
+        Tentative or Decline), e.g. a room's booking attendant declining; the item changes."""
+        if response not in ("Accept", "Tentative", "Decline"):
+            raise ValueError(f"not a response: {response!r}")
+        with self._lock:
+            item = self._item(item_id, self.mailbox(mailbox).email)
+            people = [p for kind in KINDS for p in item.f.get(kind) or []]
+            matched = [p for p in people if p["email"] == attendee.strip().lower()]
+            if not matched:
+                raise item_not_found()
+            for person in matched:
+                person["response"] = response
+            self._touch(item)
+
     def cancel_occurrence(
         self, mailbox: str, series_id: str, original_start: Any, deliver: bool = True
     ) -> None:

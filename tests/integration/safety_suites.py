@@ -131,6 +131,10 @@ class Suite:
     def update(self, mailbox: str, suite_id: str, subject: str) -> None:
         raise NotImplementedError
 
+    def room_responds(self, mailbox: str, suite_id: str, response: str) -> None:
+        """The room's reply (accepted / declined) reaches the organiser's event."""
+        raise NotImplementedError
+
     def delete(self, mailbox: str, suite_id: str) -> None:
         raise NotImplementedError
 
@@ -234,6 +238,14 @@ class GraphSuite(Suite):
     def delete(self, mailbox: str, suite_id: str) -> None:
         self.server.store.delete_event(mailbox, suite_id)
 
+    def room_responds(self, mailbox: str, suite_id: str, response: str) -> None:
+        [item] = [e for e in self.stored(mailbox) if e["id"] == suite_id]
+        attendees = [dict(a) for a in item["attendees"]]
+        for node in attendees:
+            if node["emailAddress"]["address"].lower() == ROOM:
+                node["status"] = {"response": response, "time": "2026-01-01T00:00:00Z"}
+        self.server.store.update_event(mailbox, suite_id, {"attendees": attendees})
+
     def stored(self, mailbox: str) -> list[dict[str, Any]]:
         return list(self.server.store.events(mailbox))
 
@@ -329,6 +341,10 @@ class ExchangeSuite(Suite):
     def delete(self, mailbox: str, suite_id: str) -> None:
         self.server.store.delete_event(mailbox, suite_id)
 
+    def room_responds(self, mailbox: str, suite_id: str, response: str) -> None:
+        reply = {"accepted": "Accept", "declined": "Decline"}[response]
+        self.server.store.record_response(mailbox, suite_id, ROOM, reply)
+
     def stored(self, mailbox: str) -> list[dict[str, Any]]:
         return list(self.server.store.events(mailbox))
 
@@ -414,6 +430,14 @@ class AlimailSuite(Suite):
 
     def delete(self, mailbox: str, suite_id: str) -> None:
         self.server.store.delete_event(mailbox, suite_id)
+
+    def room_responds(self, mailbox: str, suite_id: str, response: str) -> None:
+        [item] = [e for e in self.stored(mailbox) if e["id"] == suite_id]
+        attendees = [dict(a) for a in item["attendees"]]
+        for node in attendees:
+            if node["email"].lower() == ROOM:
+                node["status"] = {"response": response}
+        self.server.store.update_event(mailbox, suite_id, {"attendees": attendees})
 
     def stored(self, mailbox: str) -> list[dict[str, Any]]:
         return list(self.server.store.events(mailbox))
