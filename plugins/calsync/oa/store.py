@@ -235,9 +235,8 @@ def _schedule_values(data: ScheduleData) -> dict[str, Any]:
     }
 
 
-def _write_participants(conn: sa.Connection, schedule_id: int, data: ScheduleData) -> None:
-    conn.execute(sa.delete(t.participants).where(t.participants.c.schedule_id == schedule_id))
-    rows = [
+def _participant_rows(schedule_id: int, data: ScheduleData) -> list[dict[str, Any]]:
+    return [
         {
             "schedule_id": schedule_id,
             "kind": p.kind,
@@ -249,8 +248,6 @@ def _write_participants(conn: sa.Connection, schedule_id: int, data: ScheduleDat
         }
         for p in data.participants
     ]
-    if rows:
-        conn.execute(sa.insert(t.participants), rows)
 
 
 def _link_values(item: Prepared) -> dict[str, Any]:
@@ -269,18 +266,151 @@ def _link_values(item: Prepared) -> dict[str, Any]:
     }
 
 
+@dataclass(slots=True)
+class _PlanWrites:
+    """The row writes of a plan's common actions (create, link, update), held back and sent
+    as one executemany per table and kind by :meth:`flush`: a mailbox costs a handful of
+    statements, not a few per event. Rare paths (adoption, conflicts, drops) write at once,
+    after a flush, so every statement still sees the writes of the actions before it."""
+
+    integration_id: str
+    mailbox: str
+    now: dt.datetime
+    creates: list[tuple[Prepared, dict[str, Any]]] = field(default_factory=list)
+    schedule_updates: list[tuple[int, ScheduleData]] = field(default_factory=list)
+    meeting_inserts: list[dict[str, Any]] = field(default_factory=list)
+    meeting_updates: list[dict[str, Any]] = field(default_factory=list)
+    link_inserts: list[dict[str, Any]] = field(default_factory=list)
+    link_updates: list[dict[str, Any]] = field(default_factory=list)
+
+    def create(self, item: Prepared, log_row: dict[str, Any]) -> None:
+        """A new schedule; ``log_row`` gets its id at the flush."""
+        self.creates.append((item, log_row))
+
+    def link(self, item: Prepared, schedule_id: int) -> None:
+        self.link_inserts.append(
+            {
+                "integration_id": self.integration_id,
+                "mailbox": self.mailbox,
+                "schedule_id": schedule_id,
+                "created_at": self.now,
+                "updated_at": self.now,
+                **_link_values(item),
+            }
+        )
+
+    def update_link(self, link_id: int, item: Prepared) -> None:
+        self.link_updates.append({"b_id": link_id, "updated_at": self.now, **_link_values(item)})
+
+    def add_meeting(self, identity_key: str, schedule_id: int, owner: str, hash_: str) -> None:
+        self.meeting_inserts.append(
+            {
+                "integration_id": self.integration_id,
+                "identity_key": identity_key,
+                "schedule_id": schedule_id,
+                "owner_mailbox": owner,
+                "content_hash": hash_,
+            }
+        )
+
+    def update_schedule(
+        self, meeting_id: int | None, schedule_id: int, item: Prepared, take_ownership: bool
+    ) -> None:
+        """Write the item's content over the schedule (participants replaced) and record the
+        new content hash on its meeting (taking the meeting over if asked)."""
+        assert item.data is not None
+        self.schedule_updates.append((schedule_id, item.data))
+        if meeting_id is not None:
+            values: dict[str, Any] = {"b_id": meeting_id, "content_hash": item.hash}
+            if take_ownership:
+                values["owner_mailbox"] = self.mailbox
+            self.meeting_updates.append(values)
+
+    def flush(self, conn: sa.Connection) -> None:
+        participants: list[dict[str, Any]] = []
+        if self.creates:
+            rows = [
+                {
+                    **_schedule_values(item.data),
+                    "source_integration": self.integration_id,
+                    "created_at": self.now,
+                    "updated_at": self.now,
+                }
+                for item, _ in self.creates
+                if item.data is not None
+            ]
+            insert = sa.insert(t.schedules).returning(
+                t.schedules.c.id, sort_by_parameter_order=True
+            )
+            ids = conn.execute(insert, rows).scalars().all()
+            for (item, log_row), schedule_id in zip(self.creates, ids, strict=True):
+                assert item.data is not None
+                log_row["schedule_id"] = schedule_id
+                participants.extend(_participant_rows(schedule_id, item.data))
+                self.add_meeting(
+                    item.event.identity_key[:400],
+                    schedule_id,
+                    item.owner_mailbox or self.mailbox,
+                    item.hash,
+                )
+                self.link(item, schedule_id)
+        if self.schedule_updates:
+            conn.execute(
+                sa.update(t.schedules).where(t.schedules.c.id == sa.bindparam("b_id")),
+                [
+                    {"b_id": sid, **_schedule_values(data), "updated_at": self.now}
+                    for sid, data in self.schedule_updates
+                ],
+            )
+            updated = sorted({sid for sid, _ in self.schedule_updates})
+            for chunk in outbox.chunks(updated):
+                conn.execute(
+                    sa.delete(t.participants).where(t.participants.c.schedule_id.in_(chunk))
+                )
+            for sid, data in self.schedule_updates:
+                participants.extend(_participant_rows(sid, data))
+        if participants:
+            conn.execute(sa.insert(t.participants), participants)
+        if self.meeting_inserts:
+            conn.execute(sa.insert(t.meetings), self.meeting_inserts)
+        for keys in sorted({tuple(sorted(row)) for row in self.meeting_updates}):
+            conn.execute(
+                sa.update(t.meetings).where(t.meetings.c.id == sa.bindparam("b_id")),
+                [row for row in self.meeting_updates if tuple(sorted(row)) == keys],
+            )
+        if self.link_inserts:
+            conn.execute(sa.insert(t.links), self.link_inserts)
+        if self.link_updates:
+            conn.execute(
+                sa.update(t.links).where(t.links.c.id == sa.bindparam("b_id")), self.link_updates
+            )
+        for pending in (
+            self.creates,
+            self.schedule_updates,
+            self.meeting_inserts,
+            self.meeting_updates,
+            self.link_inserts,
+            self.link_updates,
+        ):
+            pending.clear()
+
+
 def apply_plan(
     conn: sa.Connection,
     plan: MailboxPlan,
     user: OAUser,
     run: RunInfo,
 ) -> tuple[MailboxOutcome, list[dict[str, Any]]]:
-    """Apply a plan inside the caller's transaction; returns counts and sync-log rows."""
+    """Apply a plan inside the caller's transaction; returns counts and sync-log rows.
+
+    The common actions' rows go out in bulk (:class:`_PlanWrites`); the effect is that of
+    applying the actions one after another, in order."""
     now = utcnow()
     outcome = MailboxOutcome(plan.mailbox, user.id)
     if plan.unchanged:
         outcome.add("unchanged", plan.unchanged)
     logs: list[dict[str, Any]] = []
+    writes = _PlanWrites(run.integration_id, plan.mailbox, now)
 
     def log(
         action: str,
@@ -289,123 +419,64 @@ def apply_plan(
         message: str = "",
         suite_id: str | None = None,
         title: str | None = None,
-    ) -> None:
+    ) -> dict[str, Any]:
         outcome.add(action)
-        logs.append(
-            {
-                "logged_at": now,
-                "integration_id": run.integration_id,
-                "run_id": run.run_id,
-                "dag_id": run.dag_id,
-                "direction": "forward",
-                "action": action,
-                "user_id": user.id,
-                "mailbox": plan.mailbox,
-                "schedule_id": schedule_id,
-                "suite_id": (item.event.suite_id if item else suite_id),
-                "title": (title if title is not None else (item.event.subject if item else None)),
-                "message": message[:4000],
-            }
-        )
+        row = {
+            "logged_at": now,
+            "integration_id": run.integration_id,
+            "run_id": run.run_id,
+            "dag_id": run.dag_id,
+            "direction": "forward",
+            "action": action,
+            "user_id": user.id,
+            "mailbox": plan.mailbox,
+            "schedule_id": schedule_id,
+            "suite_id": (item.event.suite_id if item else suite_id),
+            "title": (title if title is not None else (item.event.subject if item else None)),
+            "message": message[:4000],
+        }
+        logs.append(row)
+        return row
+
+    def suite_wins(schedule_id: int, item: Prepared, link: LinkRow | None = None) -> bool:
+        if schedule_id in held:
+            writes.flush(conn)  # the conflict check reads and writes the OA
+        return _suite_wins(conn, held, schedule_id, item, run, log, link)
 
     held = _oa_changes_pending(conn, plan, run)
     deleted = _oa_deletes_pending(conn, plan, run)
     for action in plan.actions:
         if isinstance(action, Create) and action.item.event.identity_key[:400] in deleted:
             log("skipped", action.item, None, "deleted in the OA; reverse sync deletes it")
-        elif isinstance(action, Create | LinkTo) and _adopt(conn, action, plan, run, now, log):
-            pass
-        elif isinstance(action, Create):
-            item, data = action.item, action.item.data
-            assert data is not None
-            schedule_id = conn.execute(
-                sa.insert(t.schedules).values(
-                    **_schedule_values(data),
-                    source_integration=run.integration_id,
-                    created_at=now,
-                    updated_at=now,
-                )
-            ).inserted_primary_key[0]
-            _write_participants(conn, schedule_id, data)
-            conn.execute(
-                sa.insert(t.meetings).values(
-                    integration_id=run.integration_id,
-                    identity_key=item.event.identity_key[:400],
-                    schedule_id=schedule_id,
-                    owner_mailbox=item.owner_mailbox or plan.mailbox,
-                    content_hash=item.hash,
-                )
-            )
-            conn.execute(
-                sa.insert(t.links).values(
-                    integration_id=run.integration_id,
-                    mailbox=plan.mailbox,
-                    schedule_id=schedule_id,
-                    created_at=now,
-                    updated_at=now,
-                    **_link_values(item),
-                )
-            )
-            log("created", item, schedule_id, title=data.title)
+            continue
+        if isinstance(action, Create | LinkTo) and _may_adopt(run.integration_id, action.item):
+            writes.flush(conn)
+            if _adopt(conn, action, plan, run, now, log):
+                continue
+        if isinstance(action, Create):
+            assert action.item.data is not None
+            row = log("created", action.item, None, title=action.item.data.title)
+            writes.create(action.item, row)
         elif isinstance(action, LinkTo):
             item, meeting = action.item, action.meeting
-            conn.execute(
-                sa.insert(t.links).values(
-                    integration_id=run.integration_id,
-                    mailbox=plan.mailbox,
-                    schedule_id=meeting.schedule_id,
-                    created_at=now,
-                    updated_at=now,
-                    **_link_values(item),
-                )
-            )
-            if action.write_schedule and _suite_wins(
-                conn, held, meeting.schedule_id, item, run, log
-            ):
-                _update_schedule(
-                    conn,
-                    meeting.id,
-                    meeting.schedule_id,
-                    item,
-                    now,
-                    plan.mailbox,
-                    action.take_ownership,
-                )
+            writes.link(item, meeting.schedule_id)
+            if action.write_schedule and suite_wins(meeting.schedule_id, item):
+                writes.update_schedule(meeting.id, meeting.schedule_id, item, action.take_ownership)
                 log("updated", item, meeting.schedule_id, "linked another copy of the meeting")
             else:
                 log("linked", item, meeting.schedule_id, "copy of a meeting already in the OA")
         elif isinstance(action, Update):
             item, link = action.item, action.link
-            conn.execute(
-                sa.update(t.links)
-                .where(t.links.c.id == link.id)
-                .values(updated_at=now, **_link_values(item))
-            )
-            if action.write_schedule and not _suite_wins(
-                conn, held, link.schedule_id, item, run, log, link
-            ):
+            writes.update_link(link.id, item)
+            if action.write_schedule and not suite_wins(link.schedule_id, item, link):
                 pass
             elif action.write_schedule:
                 if action.meeting is None:
-                    conn.execute(
-                        sa.insert(t.meetings).values(
-                            integration_id=run.integration_id,
-                            identity_key=link.identity_key,
-                            schedule_id=link.schedule_id,
-                            owner_mailbox=plan.mailbox,
-                            content_hash=item.hash,
-                        )
-                    )
-                    _update_schedule(conn, None, link.schedule_id, item, now, plan.mailbox, False)
+                    writes.add_meeting(link.identity_key, link.schedule_id, plan.mailbox, item.hash)
+                    writes.update_schedule(None, link.schedule_id, item, False)
                 else:
-                    _update_schedule(
-                        conn,
-                        action.meeting.id,
-                        link.schedule_id,
-                        item,
-                        now,
-                        plan.mailbox,
-                        action.take_ownership,
+                    writes.update_schedule(
+                        action.meeting.id, link.schedule_id, item, action.take_ownership
                     )
                 note = "re-linked: the suite gave the item a new id" if action.relinked else ""
                 log("updated", item, link.schedule_id, note)
@@ -414,12 +485,21 @@ def apply_plan(
             else:
                 outcome.add("unchanged")
         elif isinstance(action, Drop):
+            writes.flush(conn)  # the drop counts the schedule's remaining links
             _drop(conn, action, run, log)
         elif isinstance(action, Skip):
             log("skipped", action.item, None, action.item.skip or "")
         elif isinstance(action, Fail):
             log("failed", action.item, None, action.item.error or "")
+    writes.flush(conn)
     return outcome, logs
+
+
+def _may_adopt(integration_id: str, item: Prepared) -> bool:
+    """Whether the event carries a calsync key of this integration (see :func:`_adopt`)."""
+    key = item.event.calsync_key
+    prefix = f"calsync:{integration_id}:"
+    return bool(key) and key.startswith(prefix) and key[len(prefix) :].isdigit()
 
 
 def _adopt(
@@ -618,30 +698,6 @@ def _suite_wins(
             .values(status="done", last_error="superseded by the suite's newer version")
         )
     return wins
-
-
-def _update_schedule(
-    conn: sa.Connection,
-    meeting_id: int | None,
-    schedule_id: int,
-    item: Prepared,
-    now: dt.datetime,
-    mailbox: str,
-    take_ownership: bool,
-) -> None:
-    data = item.data
-    assert data is not None
-    conn.execute(
-        sa.update(t.schedules)
-        .where(t.schedules.c.id == schedule_id)
-        .values(**_schedule_values(data), updated_at=now)
-    )
-    _write_participants(conn, schedule_id, data)
-    if meeting_id is not None:
-        values: dict[str, Any] = {"content_hash": item.hash}
-        if take_ownership:
-            values["owner_mailbox"] = mailbox
-        conn.execute(sa.update(t.meetings).where(t.meetings.c.id == meeting_id).values(**values))
 
 
 def _drop(conn: sa.Connection, action: Drop, run: RunInfo, log: Any) -> None:

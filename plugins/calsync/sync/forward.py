@@ -1,9 +1,11 @@
 """Forward sync (suite → OA) for a batch of users: fetch → filter + map → plan → apply.
 
-Mailboxes are read concurrently (``execution.concurrency``) while the OA writes are applied
-one mailbox at a time, each in its own transaction with its sync-log rows. One user's failure
-(unknown mailbox, suite error, a bad record) never stops the others: it is logged and
-reported, and the caller decides whether the task fails (so Airflow retries just it).
+Mailboxes are read concurrently (``execution.concurrency``) while one writer thread applies
+the mailboxes read so far as a group, in one transaction (group commit), each with its
+sync-log rows and its rows written in bulk. One user's failure (unknown mailbox, suite error,
+a bad record, an OA write error: the group is then applied again one mailbox per transaction)
+never stops the others: it is logged and reported, and the caller decides whether the task
+fails (so Airflow retries just it).
 
 Incremental runs (E7, ``incremental=True``: the scheduled run): a mailbox with a stored
 change-feed state for the same window (and the same mapping context, below) is read with
@@ -38,6 +40,7 @@ from calsync.errors import AccountMissing, ConnectorError, MailboxNotFound
 from calsync.model import OAUser, SuiteEvent, Window
 from calsync.oa import outbox, store
 from calsync.oa.db import OADatabaseUnavailable
+from calsync.oa.rekey import calsync_key_prefix, rekey_meetings
 from calsync.sync.guard import hold_reason
 from calsync.sync.plan import Create, Drop, LinkTo, Update, plan_mailbox
 from calsync.sync.prepare import PrepareContext, prepare_event
@@ -186,78 +189,177 @@ def _state_row(context: str, feed: str) -> str:
     return json.dumps({"context": context, "feed": feed}, separators=(",", ":"))
 
 
-def apply_mailbox(
-    engine: sa.Engine,
-    config: IntegrationConfig,
-    ctx: PrepareContext,
-    user: OAUser,
-    events: list[SuiteEvent],
-    window: Window,
-    run: store.RunInfo,
-    changes: ChangeSet | None = None,
-    context: str = "",
-    confirm_deletes: bool = False,
-) -> dict[str, int]:
-    """Plan and apply one mailbox in one transaction; returns the action counts.
+@dataclass(slots=True)
+class ReadMailbox:
+    """A mailbox read and waiting for its OA write; ``changes`` for an incremental read."""
 
-    ``changes`` (an incremental read; ``events`` are its events): a partial one is planned in
-    partial mode, and its state is stored in the same transaction."""
-    prepared = [prepare_event(event, user, ctx) for event in events]
-    keys = [p.event.identity_key for p in prepared if p.data is not None]
-    in_scope = frozenset(ctx.users_by_mailbox)
+    user: OAUser
+    events: list[SuiteEvent]
+    changes: ChangeSet | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApplySettings:
+    """What applying any mailbox of a task needs besides the mailbox."""
+
+    config: IntegrationConfig
+    ctx: PrepareContext
+    window: Window
+    run: store.RunInfo
+    context: str = ""
+    confirm_deletes: bool = False
+
+
+def _apply_in(
+    conn: sa.Connection,
+    s: ApplySettings,
+    read: ReadMailbox,
+    prepared: list[Any],
+) -> dict[str, int]:
+    """Plan and apply one prepared mailbox inside the caller's transaction (the write origin
+    marker already set); returns the action counts."""
+    user, events, changes = read.user, read.events, read.changes
     removed = changes.removed if changes is not None and not changes.full else None
+    state = changes.state if changes is not None else None
+    if removed is not None and not prepared and not removed:
+        # nothing changed since the stored state: no plan to make, just the new state
+        if state:
+            _save_state(conn, s, user, state)
+        return {}
+    keys = [p.event.identity_key for p in prepared if p.data is not None]
+    links, meetings = store.load_mailbox_state(conn, s.config.id, user.mailbox, keys)
+    plan = plan_mailbox(
+        user.mailbox,
+        prepared,
+        links,
+        meetings,
+        s.window,
+        frozenset(s.ctx.users_by_mailbox),
+        removed,
+        marker_prefix=calsync_key_prefix(s.config.id),
+    )
+    held = (
+        None
+        if s.confirm_deletes
+        else _guard(s.config, plan, links, s.window, events, removed is not None)
+    )
+    if held is not None:
+        plan.actions = [a for a in plan.actions if not isinstance(a, Drop)]
+    rekey_meetings(conn, s.config.id, plan)  # E11: a re-link by marker with a new iCalUId
+    outcome, logs = store.apply_plan(conn, plan, user, s.run)
+    logs.extend(_note_rows(plan, s.run, user))
+    if held is not None:
+        count, reason = held
+        outcome.add("held", count)
+        logs.append(
+            store.log_row(
+                s.run,
+                "held",
+                f"{count} deletion(s) held: {reason}. Check the mailbox, then run "
+                "the DAG by hand with confirm_deletes to apply them.",
+                user_id=user.id,
+                mailbox=user.mailbox,
+            )
+        )
+        log.warning("mailbox %s: %d deletion(s) held: %s", user.mailbox, count, reason)
+    store.write_logs(conn, logs)
+    # A held read keeps the old feed state: the same removals come again next time.
+    if state and held is None:
+        _save_state(conn, s, user, state)
+    return outcome.counts
+
+
+def _save_state(conn: sa.Connection, s: ApplySettings, user: OAUser, state: str) -> None:
+    store.save_sync_state(
+        conn,
+        s.config.id,
+        user.mailbox,
+        s.window.start,
+        s.window.end,
+        _state_row(s.context, state),
+    )
+
+
+def _prepare(s: ApplySettings, read: ReadMailbox) -> list[Any]:
+    return [prepare_event(event, read.user, s.ctx) for event in read.events]
+
+
+def apply_mailbox(
+    engine: sa.Engine, s: ApplySettings, read: ReadMailbox, prepared: list[Any] | None = None
+) -> dict[str, int]:
+    """Plan and apply one mailbox in one transaction; returns the action counts. A unique
+    violation (a concurrent task linked the same meeting first) re-plans, up to
+    ``APPLY_ATTEMPTS`` times."""
+    if prepared is None:
+        prepared = _prepare(s, read)
     for attempt in range(1, APPLY_ATTEMPTS + 1):
         try:
             with (
                 engine.begin() as conn,
-                outbox.write_origin(conn, outbox.forward_origin(config.id)),
+                outbox.write_origin(conn, outbox.forward_origin(s.config.id)),
             ):
-                links, meetings = store.load_mailbox_state(conn, config.id, user.mailbox, keys)
-                plan = plan_mailbox(
-                    user.mailbox, prepared, links, meetings, window, in_scope, removed
-                )
-                held = (
-                    None
-                    if confirm_deletes
-                    else _guard(config, plan, links, window, events, removed is not None)
-                )
-                if held is not None:
-                    plan.actions = [a for a in plan.actions if not isinstance(a, Drop)]
-                outcome, logs = store.apply_plan(conn, plan, user, run)
-                logs.extend(_note_rows(plan, run, user))
-                if held is not None:
-                    count, reason = held
-                    outcome.add("held", count)
-                    logs.append(
-                        store.log_row(
-                            run,
-                            "held",
-                            f"{count} deletion(s) held: {reason}. Check the mailbox, then run "
-                            "the DAG by hand with confirm_deletes to apply them.",
-                            user_id=user.id,
-                            mailbox=user.mailbox,
-                        )
-                    )
-                    log.warning("mailbox %s: %d deletion(s) held: %s", user.mailbox, count, reason)
-                store.write_logs(conn, logs)
-                # A held read keeps the old feed state: the same removals come again next time.
-                if changes is not None and changes.state and held is None:
-                    store.save_sync_state(
-                        conn,
-                        config.id,
-                        user.mailbox,
-                        window.start,
-                        window.end,
-                        _state_row(context, changes.state),
-                    )
-            return outcome.counts
+                return _apply_in(conn, s, read, prepared)
         except sa.exc.IntegrityError:
             if attempt == APPLY_ATTEMPTS:
                 raise
             log.info(
-                "mailbox %s: a concurrent task linked a meeting first; re-planning", user.mailbox
+                "mailbox %s: a concurrent task linked a meeting first; re-planning",
+                read.user.mailbox,
             )
     raise AssertionError("unreachable")
+
+
+# A write error of the OA (or the OA gone): the mailbox fails alone, nothing of it committed.
+OA_WRITE_ERRORS = (sa.exc.SQLAlchemyError, OADatabaseUnavailable)
+
+
+def apply_group(
+    engine: sa.Engine, s: ApplySettings, group: list[ReadMailbox]
+) -> list[dict[str, int] | Exception]:
+    """Apply several read mailboxes in one transaction (group commit: one commit, and one
+    write-origin marker, for all of them); per mailbox its counts or its OA write error.
+
+    Mailboxes are planned one after another inside the transaction, each seeing what the ones
+    before it wrote (a meeting several mailboxes hold is created once and linked by the
+    others). If anything fails, the whole group is rolled back and its mailboxes are applied
+    again one by one, each in its own transaction: one bad mailbox never takes others with it.
+    """
+    prepared = [_prepare(s, read) for read in group]
+    if len(group) > 1:
+        try:
+            with (
+                engine.begin() as conn,
+                outbox.write_origin(conn, outbox.forward_origin(s.config.id)),
+            ):
+                return [_apply_in(conn, s, r, p) for r, p in zip(group, prepared, strict=True)]
+        except OA_WRITE_ERRORS as exc:
+            log.info(
+                "a group of %d mailboxes failed to apply (%s); applying them one by one",
+                len(group),
+                type(exc).__name__,
+            )
+    results: list[dict[str, int] | Exception] = []
+    for read, items in zip(group, prepared, strict=True):
+        try:
+            results.append(apply_mailbox(engine, s, read, items))
+        except OA_WRITE_ERRORS as exc:
+            log.warning("mailbox %s: OA write failed: %s", read.user.mailbox, exc)
+            results.append(exc)
+    return results
+
+
+def _write_error(exc: Exception) -> str:
+    # OADatabaseUnavailable: the OA went away (restart, failover) before the transaction
+    # began; either way nothing of this mailbox was committed.
+    first_line = str(exc).splitlines()[0][:300] if str(exc) else ""
+    return f"OA write failed: {type(exc).__name__}: {first_line}"
+
+
+# Group commit: the writer takes every read mailbox waiting, up to these limits, into one
+# transaction. Fewer mailboxes wait when reads are the slower side (nothing is held back
+# to fill a group); when the OA is, groups grow and commits get rarer.
+GROUP_MAILBOXES = 50
+GROUP_EVENTS = 4000
 
 
 async def sync_users(
@@ -273,7 +375,12 @@ async def sync_users(
 ) -> list[UserResult]:
     """Forward-sync ``users`` for ``window``; returns one result per user, in order.
     ``incremental``: use the change feed where a state allows it (the scheduled run);
-    ``confirm_deletes``: apply deletions the mass-deletion guard would hold (E10)."""
+    ``confirm_deletes``: apply deletions the mass-deletion guard would hold (E10).
+
+    ``execution.concurrency`` mailboxes are read at once; read mailboxes queue for one writer
+    thread, which applies what is waiting as a group (:func:`apply_group`). The queue is
+    bounded, so at most about ``concurrency + 2 × GROUP_MAILBOXES`` mailboxes' events are in
+    memory whatever the number of users; results keep counts only."""
     with engine.connect() as conn:
         ctx, room_problems = build_context(conn, config, library)
         states = (
@@ -282,17 +389,25 @@ async def sync_users(
             else {}
         )
     context = context_fingerprint(config, ctx, library) if incremental else ""
+    settings = ApplySettings(config, ctx, window, run, context, confirm_deletes)
     feed = {"supported": incremental}
     if room_problems:
         with engine.begin() as conn:
             store.write_logs(conn, [store.log_row(run, "failed", p) for p in room_problems])
     results = {u.mailbox: UserResult(u.mailbox, u.id, u.name) for u in users}
     semaphore = asyncio.Semaphore(config.execution.concurrency)
-    # One writer thread: mailboxes are applied one after another while reads go on.
+    ready: asyncio.Queue[ReadMailbox | None] = asyncio.Queue(maxsize=GROUP_MAILBOXES)
+    # One writer thread: groups are applied one after another while reads go on.
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="calsync-oa")
     loop = asyncio.get_running_loop()
 
-    async def one(user: OAUser) -> None:
+    async def failed(user: OAUser, message: str) -> None:
+        result = results[user.mailbox]
+        result.error = message
+        await loop.run_in_executor(writer, _log_user, engine, run, user, "failed", message)
+        result.counts = {"failed": 1}
+
+    async def read(user: OAUser) -> None:
         result = results[user.mailbox]
         changes: ChangeSet | None = None
         try:
@@ -312,43 +427,70 @@ async def sync_users(
             result.counts = {"skipped": 1}
             return
         except MailboxNotFound as exc:
-            result.error, result.retriable = str(exc), False
+            result.retriable = False
+            await failed(user, str(exc))
+            return
         except ConnectorError as exc:
-            result.error, result.retriable = str(exc), exc.retriable
+            result.retriable = exc.retriable
+            await failed(user, str(exc))
+            return
         except Exception as exc:  # one user's surprise never stops the others
             log.exception("mailbox %s: unexpected error while reading", user.mailbox)
-            result.error = f"{type(exc).__name__}: {exc}"
-        if result.error is None:
-            try:
-                result.counts = await loop.run_in_executor(
-                    writer,
-                    apply_mailbox,
-                    engine,
-                    config,
-                    ctx,
-                    user,
-                    events,
-                    window,
-                    run,
-                    changes,
-                    context,
-                    confirm_deletes,
-                )
-                return
-            except (sa.exc.SQLAlchemyError, OADatabaseUnavailable) as exc:
-                # OADatabaseUnavailable: the OA went away (restart, failover) before the
-                # transaction began; either way nothing of this mailbox was committed.
-                first_line = str(exc).splitlines()[0][:300] if str(exc) else ""
-                result.error = f"OA write failed: {type(exc).__name__}: {first_line}"
-                log.warning("mailbox %s: OA write failed: %s", user.mailbox, exc)
-        await loop.run_in_executor(writer, _log_user, engine, run, user, "failed", result.error)
-        result.counts = {"failed": 1}
+            await failed(user, f"{type(exc).__name__}: {exc}")
+            return
+        await ready.put(ReadMailbox(user, events, changes))
+
+    async def write() -> None:
+        done = False
+        while not done:
+            item = await ready.get()
+            if item is None:
+                break
+            group, size = [item], len(item.events)
+            while len(group) < GROUP_MAILBOXES and size < GROUP_EVENTS and not ready.empty():
+                item = ready.get_nowait()
+                if item is None:
+                    done = True
+                    break
+                group.append(item)
+                size += len(item.events)
+            outcomes = await loop.run_in_executor(writer, apply_group, engine, settings, group)
+            for mailbox_read, outcome in zip(group, outcomes, strict=True):
+                if isinstance(outcome, Exception):
+                    await failed(mailbox_read.user, _write_error(outcome))
+                else:
+                    results[mailbox_read.user.mailbox].counts = outcome
+
+    async def read_all() -> None:
+        try:
+            await asyncio.gather(*(read(u) for u in users))
+        finally:
+            await ready.put(None)
 
     try:
-        await asyncio.gather(*(one(u) for u in users))
+        await _first_error(read_all(), write())
     finally:
         writer.shutdown(wait=True)
     return [results[u.mailbox] for u in users]
+
+
+async def _first_error(*coroutines: Any) -> None:
+    """Run the coroutines together; the first exception cancels the others and is raised
+    (a dead writer must not leave readers waiting on a full queue)."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
+    for task in done:
+        if task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
 
 
 def _log_user(
