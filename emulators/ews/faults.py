@@ -10,6 +10,11 @@
   that operation (``"*"``: any): fault ``"ErrorServerBusy"``, ``503``, ``500``, ``401`` or any
   other EWS response code (answered as a SOAP fault with that code).
 
+- ``per_tenant_concurrency``: requests in flight at once (Exchange's ``EWSMaxConcurrency``
+  throttling budget, 27 by default, charged to the calling account: with calsync's one service
+  account, the tenant's limit; 0 = no limit). One more is answered ``ErrorServerBusy`` with
+  ``BackOffMilliseconds`` = ``back_off_ms`` and counted in ``stats.concurrency_refused``.
+
 After a busy or 503 answer the login is told to wait; a request from it before that time
 elapsed counts in ``stats.backoff_violations`` and is answered busy again.
 """
@@ -32,6 +37,7 @@ class Faults:
     rate_503: float = 0.0
     retry_after_s: int = 1
     fail_next: list[tuple[str, Any]] = field(default_factory=list)
+    per_tenant_concurrency: int = 27
 
     def update(self, **values: Any) -> None:
         known = {f.name for f in fields(self)}
@@ -40,7 +46,7 @@ class Faults:
                 raise ValueError(f"unknown fault field {name!r}; known: {sorted(known)}")
             if name == "fail_next":
                 value = [_entry(e) for e in value or []]
-            elif name in ("back_off_ms", "retry_after_s"):
+            elif name in ("back_off_ms", "retry_after_s", "per_tenant_concurrency"):
                 value = int(value)
             else:
                 value = float(value)
@@ -92,6 +98,8 @@ class Stats(StatsBase):
             self.unauthorized_401 = 0
             self.backoff_violations = 0
             self.impersonation_denied = 0
+            self.concurrency_refused = 0
+            self.max_concurrency_seen = 0
             self.auth_schemes: Counter[str] = Counter()
             self.log: list[LoggedRequest] = []
 
@@ -113,6 +121,12 @@ class Stats(StatsBase):
             elif status == 401:
                 self.unauthorized_401 += 1
 
+    def concurrency(self, in_flight: int, refused: bool) -> None:
+        with self._lock:
+            self.max_concurrency_seen = max(self.max_concurrency_seen, in_flight)
+            if refused:
+                self.concurrency_refused += 1
+
     def scheme(self, name: str) -> None:
         with self._lock:
             self.auth_schemes[name] += 1
@@ -130,6 +144,8 @@ class Stats(StatsBase):
                 "unauthorized_401": self.unauthorized_401,
                 "backoff_violations": self.backoff_violations,
                 "impersonation_denied": self.impersonation_denied,
+                "concurrency_refused": self.concurrency_refused,
+                "max_concurrency_seen": self.max_concurrency_seen,
                 "auth_schemes": dict(self.auth_schemes),
             }
 
@@ -170,6 +186,20 @@ class Throttle(ThrottleBase):
                 if wait:
                     self._hold(login, wait)
             return chosen
+
+    def enter(self) -> Verdict | None:
+        """Count a request in flight for the tenant; ErrorServerBusy when that is over
+        ``per_tenant_concurrency`` (no back-off window is opened: the requests already in
+        flight are served, and the refused one is counted in ``concurrency_refused``)."""
+        cap = self.faults.per_tenant_concurrency
+        with self._lock:
+            over, in_flight = self._enter("tenant", cap if cap > 0 else 1 << 30)
+        self.stats.concurrency(in_flight, over)
+        return Verdict("busy", back_off_ms=self.faults.back_off_ms) if over else None
+
+    def leave(self) -> None:
+        with self._lock:
+            self._leave("tenant")
 
     def _from_fault(self, fault: Any) -> Verdict:
         if fault == "ErrorServerBusy":

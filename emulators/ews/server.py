@@ -329,6 +329,17 @@ class EwsEmulator(ServedEmulator):
         except BadRequest as exc:
             self.stats.request(operation, login, None, "ErrorSchemaValidation")
             return 500, fault("ErrorSchemaValidation", str(exc), self.version, api_version), {}
+        verdict = self.throttle.enter()
+        if verdict is not None:
+            return self._fault_answer(verdict, operation, login, api_version)
+        try:
+            return self._serve_entered(op, header, login, scheme, operation, api_version)
+        finally:
+            self.throttle.leave()
+
+    def _serve_entered(
+        self, op: Any, header: Any, login: str, scheme: str, operation: str, api_version: str
+    ) -> tuple[int, bytes, dict[str, str]]:
         if self.faults.latency_ms:
             time.sleep(self.faults.latency_ms / 1000)
         verdict = self.throttle.verdict(operation, login)

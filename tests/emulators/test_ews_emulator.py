@@ -523,6 +523,32 @@ def test_server_busy_and_503_faults_with_violation_counting(emu: EwsEmulator) ->
         emu.faults.update(nonsense=1)
 
 
+def test_per_tenant_concurrency_limit_answers_server_busy(emu: EwsEmulator) -> None:
+    import threading
+
+    body = f"<m:GetFolder><m:FolderIds>{calendar_ref()}</m:FolderIds></m:GetFolder>"
+    assert emu.faults.per_tenant_concurrency == 27  # Exchange's EWSMaxConcurrency default
+    emu.faults.update(per_tenant_concurrency=3, latency_ms=300, back_off_ms=400)
+    barrier = threading.Barrier(5)
+    codes: list[str] = []
+
+    def one() -> None:
+        barrier.wait()
+        codes.append(code(post(emu, body)))
+
+    threads = [threading.Thread(target=one) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(codes) == ["ErrorServerBusy"] * 2 + ["NoError"] * 3
+    stats = emu.stats.snapshot()
+    assert stats["concurrency_refused"] == 2 and stats["max_concurrency_seen"] == 4
+    assert stats["server_busy"] == 2
+    emu.faults.update(per_tenant_concurrency=0, latency_ms=0)  # 0: no limit
+    assert code(post(emu, body)) == "NoError"
+
+
 def test_latency_is_applied(emu: EwsEmulator) -> None:
     emu.faults.latency_ms = 150
     started = time.monotonic()
