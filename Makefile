@@ -32,6 +32,15 @@ test: venv
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure"; exit 1; fi; \
 	  exit $$rc
 
+## The scale benchmark (README "Benchmarks"): every suite, 200 users × 40 events, scenarios
+## 1-5 with the naive baseline and the network floor. Heavy: never part of `make test`.
+## The full run: make bench BENCH_ARGS="--users 2000 --oa postgresql --scenarios 1,2,3,4,5,6"
+BENCH_ARGS ?= --suite all --users 200 --events 40 --scenarios 1,2,3,4,5
+bench: venv
+	$(BIN)/python scripts/services.py ensure
+	mkdir -p .artifacts
+	$(BIN)/python bench/scale.py --json .artifacts/scale.json $(BENCH_ARGS)
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
