@@ -178,3 +178,45 @@ def test_occurrences_of_a_series_are_distinct_meetings():
     ]
     assert [type(a) for a in plan(occ).actions] == [Create, Create, Create]
     assert len({o.event.identity_key for o in occ}) == 3
+
+
+MARKER = "calsync:it:"
+
+
+def test_new_id_and_new_uid_are_relinked_through_calsyncs_marker():
+    """E11: an event calsync created, re-read with a new id and a new iCalUId (a copy made by a
+    move, say) takes over its schedule's link by the marker and re-keys the meeting."""
+    old = prepared(event("E1", "U1", calsync_key=f"{MARKER}10"))
+    moved = prepared(event("E9", "U9", calsync_key=f"{MARKER}10"))
+    p = plan_mailbox(
+        ME, [moved], [link_for(old)], {"U1": meeting_for(old)}, WINDOW, {ME}, None, MARKER
+    )
+    [action] = p.actions
+    assert isinstance(action, Update) and action.relinked
+    assert action.link.schedule_id == 10 and action.rekey_from == "U1"
+    assert not action.write_schedule  # content unchanged: nothing rewritten
+
+
+def test_marker_never_takes_a_link_whose_item_is_still_there_or_of_another_integration():
+    old = prepared(event("E1", "U1", calsync_key=f"{MARKER}10"))
+    copy = prepared(event("E9", "U9", calsync_key=f"{MARKER}10"))
+    links, meetings = [link_for(old)], {"U1": meeting_for(old)}
+    p = plan_mailbox(ME, [old, copy], links, meetings, WINDOW, {ME}, None, MARKER)
+    assert kinds(p) == ["Create"] and p.unchanged == 1  # a real second item, as before
+    # partial mode: the linked item did not change, so it is still there
+    p = plan_mailbox(ME, [copy], links, meetings, WINDOW, {ME}, [], MARKER)
+    assert kinds(p) == ["Create"]
+    p = plan_mailbox(ME, [copy], links, meetings, WINDOW, {ME}, ["E1"], MARKER)
+    assert kinds(p) == ["Update"]
+    other = prepared(event("E9", "U9", calsync_key="calsync:elsewhere:10"))
+    p = plan_mailbox(ME, [other], links, meetings, WINDOW, {ME}, None, MARKER)
+    assert sorted(kinds(p)) == ["Create", "Drop"]
+    # without a prefix (the caller did not ask) the marker is not used
+    assert sorted(kinds(plan_mailbox(ME, [copy], links, meetings, WINDOW, {ME}))) == [
+        "Create",
+        "Drop",
+    ]
+
+
+def kinds(p) -> list[str]:
+    return [type(a).__name__ for a in p.actions]

@@ -5,7 +5,8 @@ plain data and returns small action objects; :mod:`calsync.oa.store` applies the
 transaction per mailbox. Rules:
 
 - an event already linked (by suite id, or by meeting identity when the suite gave the item a
-  new id, E11) is updated only when its mapped content hash changed, and only from the copy of
+  new id, or by calsync's marker when it came back with a new id and a new iCalUId, E11: see
+  below) is updated only when its mapped content hash changed, and only from the copy of
   the mailbox that owns the meeting (one meeting = one OA schedule; no ping-pong between the
   organiser's and the attendees' copies);
 - an event whose meeting another mailbox already linked gets a link, not a second schedule;
@@ -14,6 +15,14 @@ transaction per mailbox. Rules:
   dropped; the store deletes the schedule only when no link is left and this integration
   created it (E2, E17). Links outside the window read are never touched;
 - an event that could not be read or mapped fails alone; its link (if any) is kept.
+
+Re-linking (E11): a moved or re-read event keeps its iCalUId on every suite (Graph's immutable
+id even survives moves between calendars): its link is found by meeting identity. An event
+calsync created also carries calsync's marker (``calsync:<integration>:<schedule id>``); with
+``marker_prefix`` (``calsync:<integration>:``) an event whose suite id and identity are both
+unknown takes over the link of the schedule its marker names, if that link's own item is gone
+(not in a full read; removed or outside the window in partial mode). Its new identity then
+re-keys the meeting (``Update.rekey_from``), unless another meeting already has it.
 
 Partial mode (``removed`` given: an incremental read, E7): ``items`` are only the events that
 changed and ``removed`` the suite ids that left the window. Changed events are planned as
@@ -108,6 +117,7 @@ class Update:
     meeting: MeetingRow | None
     write_schedule: bool
     take_ownership: bool = False
+    rekey_from: str | None = None  # the meeting's old identity, re-keyed to the event's (E11)
 
     @property
     def relinked(self) -> bool:
@@ -189,17 +199,37 @@ def plan_mailbox(
     window: Window,
     in_scope_mailboxes: frozenset[str] | set[str],
     removed: Iterable[str] | None = None,
+    marker_prefix: str | None = None,
 ) -> MailboxPlan:
     """Plan one mailbox's run. ``meetings`` maps identity keys to meetings of this
     integration (for every identity among ``items`` and ``links``). ``removed`` (suite ids)
-    switches to partial mode: ``items`` are the changed events only (module docstring)."""
+    switches to partial mode: ``items`` are the changed events only; ``marker_prefix``
+    re-links by calsync's marker (module docstring)."""
     plan = MailboxPlan(mailbox)
     partial = removed is not None
     touched = set(removed or ()) | {item.event.suite_id for item in items}
     by_suite = {link.suite_id: link for link in links}
     by_identity: dict[str, LinkRow] = {}
+    by_schedule: dict[int, LinkRow] = {}
     for link in links:
         by_identity.setdefault(link.identity_key, link)
+        by_schedule.setdefault(link.schedule_id, link)
+    read_ids = {item.event.suite_id for item in items}
+    gone = set(removed or ())
+
+    def by_marker(event: SuiteEvent) -> LinkRow | None:
+        """The link of the schedule calsync's marker names, if its own item is gone."""
+        key = event.calsync_key or ""
+        if not marker_prefix or not key.startswith(marker_prefix):
+            return None
+        number = key[len(marker_prefix) :]
+        link = by_schedule.get(int(number)) if number.isdigit() else None
+        if link is None or link.suite_id in read_ids:
+            return None
+        if partial and link.suite_id not in gone and link.in_window(window):
+            return None  # unchanged, still there: this is another item
+        return link
+
     kept: set[int] = set()
     planned: set[str] = set()
     dropped_because: dict[int, str] = {}
@@ -230,6 +260,11 @@ def plan_mailbox(
             plan.actions.append(Skip(item))
             continue
         link = by_suite.get(event.suite_id)
+        rekey_from = None
+        if link is None and identity not in by_identity and identity not in meetings:
+            link = by_marker(event)
+            if link is not None and link.identity_key != identity:
+                rekey_from = link.identity_key
         if link is None:
             link = by_identity.get(identity)
             if (
@@ -257,7 +292,9 @@ def plan_mailbox(
                 or _extent_differs(link, event)
             )
             if content_changed or bookkeeping:
-                plan.actions.append(Update(item, link, meeting, content_changed, take))
+                plan.actions.append(
+                    Update(item, link, meeting, content_changed, take, rekey_from=rekey_from)
+                )
             else:
                 plan.unchanged += 1
             continue

@@ -54,6 +54,7 @@ from calsync.model import Attendee, OAUser, Participant, ScheduleData, SuiteEven
 from calsync.oa import outbox, store
 from calsync.oa import schema as t
 from calsync.oa.db import SQLITE_BEGIN_OPTION
+from calsync.oa.rekey import calsync_key_prefix
 from calsync.sync import reverse_guard
 from calsync.sync.plan import event_extent
 
@@ -76,7 +77,7 @@ _UPDATE_LINK = (
 
 def calsync_key(integration_id: str, schedule_id: int) -> str:
     """The idempotency key and marker of the suite event made for one OA schedule."""
-    return f"calsync:{integration_id}:{schedule_id}"
+    return f"{calsync_key_prefix(integration_id)}{schedule_id}"
 
 
 class Permanent(CalsyncError):
