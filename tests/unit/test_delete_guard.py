@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from calsync.config import DeleteGuard
-from calsync.sync.guard import hold_reason
+from calsync.sync.guard import hold_reason, reverse_hold_reason
 
 GUARD = DeleteGuard()  # 50 %, 50 deletions, share rule from 4 links
 
@@ -37,3 +37,23 @@ def test_limits_are_configurable():
     assert hold_reason(4, 100, 90, strict) is not None
     assert hold_reason(1, 2, 1, strict) is not None  # 50 % > 20 %
     assert hold_reason(1, 10, 9, strict) is None
+
+
+@pytest.mark.parametrize(
+    ("deletes", "linked", "mailbox", "held"),
+    [
+        (0, 10, "a@x", None),
+        (3, 6, "a@x", None),  # exactly half of what was linked
+        (4, 6, "a@x", "4 of 6 linked schedule(s) of a@x"),
+        (3, 3, "a@x", None),  # below min_links: the share rule does not apply
+        (51, 1000, "a@x", "exceed the limit of 50"),
+        (51, 1000, None, None),  # the count rule is per user, not per integration
+        (501, 1000, None, "of the integration"),
+    ],
+)
+def test_reverse_hold_rules(deletes: int, linked: int, mailbox: str | None, held: str | None):
+    reason = reverse_hold_reason(deletes, linked, GUARD, mailbox)
+    if held is None:
+        assert reason is None
+    else:
+        assert reason is not None and held in reason
