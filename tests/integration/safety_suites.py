@@ -90,10 +90,13 @@ def _recurrence(ev: Ev) -> dict[str, Any] | None:
 
 
 def suite_yaml(kind: str, connection: str, section: str, zone: str, direction: str) -> str:
+    """An integration's YAML; ``section`` (the suite's section and any extra keys) may set
+    ``filters`` of its own."""
+    filters = "" if "\nfilters:" in section else "filters: [skip_cancelled, skip_title_pattern]\n"
     return (
         f"name: safety {kind}\ntype: {kind}\nconnection_id: {connection}\n"
         f"oa_connection_id: calsync_oa_test\nwindow_days: 3\ntimezone: {zone}\n"
-        f"direction: {direction}\nfilters: [skip_cancelled, skip_title_pattern]\n"
+        f"direction: {direction}\n{filters}"
         "execution: {concurrency: 4, retries: 0, max_attempts: 3, retry_backoff_s: 0}\n" + section
     )
 

@@ -16,6 +16,7 @@ import asyncio
 import datetime as dt
 import zoneinfo
 
+import pytest
 import sqlalchemy as sa
 
 from calsync.config import IntegrationConfig
@@ -63,11 +64,15 @@ def read(config: IntegrationConfig, mailbox: str) -> list[SuiteEvent]:
     return asyncio.run(go())
 
 
+@pytest.mark.parametrize("filters", ["", "filters: []\n"], ids=["default-filters", "no-filters"])
 def test_moved_and_cancelled_occurrence_touch_only_their_schedules(
     suite: Suite,  # noqa: F811 - the fixture
     oa: sa.Engine,  # noqa: F811 - the fixture
+    filters: str,
 ) -> None:
-    config = suite.config()
+    """Without the skip_cancelled filter too: the attendees' copies of the cancelled
+    occurrence (marked cancelled) must not keep its schedule alive."""
+    config = suite.config(extra=filters)
     run = IncrementalRunner(oa, config)
     master = suite.add(
         ORGANISER, Ev("周会 Weekly sync", FIRST, FIRST + dt.timedelta(hours=1), attendees=(LINA,),

@@ -4,7 +4,8 @@ Participants (DESIGN "unknown attendees"): an attendee whose address is a mapped
 the schedule's room (F18); one whose address is an in-scope OA user's binding value becomes a
 user participant; anyone else is kept as an external participant (email + name), so nobody is
 dropped silently. The creator is the organiser when the organiser is an in-scope user,
-otherwise the mailbox's own user; the organiser's mailbox owns the meeting's content.
+otherwise the mailbox's own user; the organiser's mailbox owns the meeting's content. A
+cancelled event is always skipped, with or without the ``skip_cancelled`` filter (E13).
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from calsync.model import Attendee, OAUser, Participant, ScheduleData, SuiteEven
 from calsync.sync.plan import Prepared
 
 UNTITLED = "(无标题 / No title)"
+# A cancelled meeting or occurrence (an attendee's copy the organiser cancelled) is gone from
+# the calendar whatever the filters say (E13): skipped, so its link is dropped like a deleted
+# event's, and its schedule goes once no copy holds it. ``skip_cancelled`` only names it.
+CANCELLED = "cancelled in the suite"
 
 
 @dataclass(slots=True)
@@ -83,6 +88,8 @@ def prepare_event(event: SuiteEvent, mailbox_user: OAUser, ctx: PrepareContext) 
             event, timezone=ctx.timezone, color=ctx.color, external_attendees=externals
         )
         reason = ctx.filters.skip_reason(record)
+        if reason is None and event.is_cancelled:
+            reason = CANCELLED
         if reason is not None:
             return Prepared(event, skip=reason)
         fields = ctx.mapping.apply(record, ctx.variables)
