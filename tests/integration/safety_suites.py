@@ -507,6 +507,13 @@ def oa(sqlite_oa_engine: sa.Engine) -> sa.Engine:
     return sqlite_oa_engine
 
 
+@pytest.fixture
+def oa_any(oa_engine: sa.Engine) -> sa.Engine:
+    """The seeded OA on each database (SQLite, PostgreSQL, MariaDB)."""
+    seed_demo(oa_engine)
+    return oa_engine
+
+
 # --- reading the OA ------------------------------------------------------------------------
 
 

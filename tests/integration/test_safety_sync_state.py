@@ -64,8 +64,10 @@ def reverse(runner: ReverseRunner) -> dict[str, int]:
 
 def test_expired_state_and_a_moved_window_reconcile_without_deletes_or_recreates(
     suite: Suite,  # noqa: F811 - the fixture
-    oa: sa.Engine,  # noqa: F811 - the fixture
+    oa_any: sa.Engine,  # noqa: F811 - the fixture
 ) -> None:
+    """On every OA database: schedule ids must survive the full reads on each backend."""
+    oa = oa_any
     config = suite.config(direction="both")
     run = IncrementalRunner(oa, config)
     drain = ReverseRunner(oa, [config])
@@ -125,4 +127,4 @@ def test_expired_state_and_a_moved_window_reconcile_without_deletes_or_recreates
 
 # fixtures: the suites over their emulators (EWS and Alibaba started once per session)
 from tests.contract.conftest import alimail_server, ews_server  # noqa: E402,F401
-from tests.integration.safety_suites import oa, suite  # noqa: E402,F401
+from tests.integration.safety_suites import oa_any, suite  # noqa: E402,F401
