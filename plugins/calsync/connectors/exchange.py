@@ -103,6 +103,7 @@ from calsync.connectors.base import (
 from calsync.connectors.exchange_transport import (
     BoundedFaultTolerance,
     endpoint_for,
+    install_fast_bodies,
     install_log_filter,
     install_pool_fix,
     parse_build,
@@ -141,6 +142,7 @@ def _register_key_property() -> None:
 _register_key_property()
 install_log_filter()
 install_pool_fix()
+install_fast_bodies()
 
 READ_FIELDS = (
     "subject",
@@ -640,6 +642,11 @@ class ExchangeConnector(SuiteConnector):
                 f"({self._max_wait:g}s per wait, {self._total_wait:g}s in all): {text}",
                 status=503,
                 retriable=True,
+            )
+        if isinstance(exc, ews_errors.ErrorTimeoutExpired) and "ConnectionError" in text:
+            # exchangelib's retries of a refused connection end as a timeout: not "busy"
+            return ConnectorError(
+                f"Exchange unreachable at {self.endpoint}: {text}", retriable=True
             )
         if isinstance(
             exc,
