@@ -23,6 +23,7 @@ from calsync.config import IntegrationConfig
 from calsync.connectors.base import connector_for
 from calsync.model import SuiteEvent, Window
 from tests.integration.conftest import TODAY
+from tests.integration.reverse_helpers import ReverseRunner, oa_update
 from tests.integration.safety_suites import (
     LINA,
     NO_WRITES,
@@ -127,6 +128,49 @@ def test_moved_and_cancelled_occurrence_touch_only_their_schedules(
     third = run()
     assert set(third["totals"]) <= {"unchanged", "skipped"}, third["totals"]
     assert schedules(oa) == after
+
+
+def test_oa_edit_of_one_occurrence_goes_back_to_that_occurrence_only(
+    suite: Suite,  # noqa: F811 - the fixture
+    oa: sa.Engine,  # noqa: F811 - the fixture
+) -> None:
+    """Two-way: an OA edit of one occurrence's schedule updates that occurrence in place (an
+    exception of the series: one update message to the attendee), never the series and never
+    by delete + create; reading it back changes nothing more. Alibaba: the emulator refuses
+    to modify one occurrence, so the change waits for a retry and nothing else is written."""
+    config = suite.config(direction="both")
+    run = IncrementalRunner(oa, config)
+    drain = ReverseRunner(oa, [config])
+    suite.add(
+        ORGANISER, Ev("周会 Weekly sync", FIRST, FIRST + dt.timedelta(hours=1), attendees=(LINA,),
+                      daily=5),
+    )  # fmt: skip
+    assert run()["totals"].get("created") == 5
+    assert drain.counts(drain()) == {}
+    by_start = {key_start(k): sid for k, sid in meetings(oa, config.id).items()}
+    target = by_start[original_starts()[3]]
+    before = schedules(oa)
+    writes, mail = suite.writes(), suite.mail()
+
+    oa_update(oa, target, title="周会 (OA edit)")
+    counts = drain.counts(drain())
+    done = suite.can_move_occurrence  # the suite can write one occurrence
+    assert counts == ({"updated": 1} if done else {"retry": 1}), counts
+    assert suite.writes() == {**writes, "update": writes["update"] + 1}
+    assert suite.mail() - mail == (1 if done else 0)  # 李娜's update, or nothing
+    subjects = {e.original_start: e.subject for e in read(config, ORGANISER)}
+    edited = "周会 (OA edit)" if done else "周会 Weekly sync"
+    assert subjects == {
+        when: edited if when == original_starts()[3] else "周会 Weekly sync"
+        for when in original_starts()
+    }
+    if done:  # read back: the same schedules, nothing goes out again
+        assert set(run()["totals"]) <= {"unchanged", "skipped", "updated"}
+        assert drain.counts(drain()) == {}
+        after = schedules(oa)
+        assert set(after) == set(before) and after[target].title == "周会 (OA edit)"
+        assert all(after[sid] == before[sid] for sid in before if sid != target)
+        assert suite.writes()["update"] == writes["update"] + 1
 
 
 # fixtures: the suites over their emulators (EWS and Alibaba started once per session)
