@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -162,10 +163,17 @@ def parse_graph_datetime(value: str) -> dt.datetime:
 def _zone(name: str | None, fallback: str) -> str:
     if not name or name in ("tzone://Microsoft/Utc", "tzone://Microsoft/Custom"):
         return fallback
+    return _known_zone(name) or fallback
+
+
+@functools.lru_cache(maxsize=512)
+def _known_zone(name: str) -> str | None:
+    """The IANA name of a zone name Graph sent, None when unknown (a few names per tenant:
+    cached, as every event of a read carries one)."""
     try:
         return resolve_timezone(name)
     except ValueError:
-        return fallback
+        return None
 
 
 def _address(node: dict[str, Any] | None) -> tuple[str, str]:

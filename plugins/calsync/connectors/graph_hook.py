@@ -16,14 +16,42 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlparse
 
-from airflow.providers.microsoft.azure.hooks.msgraph import KiotaRequestAdapterHook
+import orjson
+from airflow.providers.microsoft.azure.hooks.msgraph import (
+    DefaultResponseHandler,
+    KiotaRequestAdapterHook,
+)
+from kiota_http.middleware.options import ResponseHandlerOption
 
 from calsync.connectors.graph import Cloud
+
+
+class OrjsonResponseHandler(DefaultResponseHandler):
+    """The provider's response handler with the JSON body parsed by orjson."""
+
+    @staticmethod
+    def get_value(response: Any) -> Any:
+        content = response.content
+        if content:
+            try:
+                return orjson.loads(content)
+            except orjson.JSONDecodeError:
+                return content
+        return dict(response.headers.items())
 
 
 class CloudGraphHook(KiotaRequestAdapterHook):
     cloud: Cloud
     _retired: list[Any]
+
+    def request_information(self, *args: Any, **kwargs: Any) -> Any:
+        info = super().request_information(*args, **kwargs)
+        key = ResponseHandlerOption.get_key()
+        if key in info.request_options:  # no response_type: the provider's JSON handler
+            info.request_options[key] = ResponseHandlerOption(
+                response_handler=OrjsonResponseHandler()
+            )
+        return info
 
     async def send_request(self, request_info: Any, response_type: str | None = None) -> Any:
         adapter = await self.get_async_conn()
