@@ -250,6 +250,9 @@ class Calendar:
 class Item:
     data: dict[str, Any]
     cancelled: set[dt.date] = field(default_factory=set)  # occurrences deleted from a series
+    # One occurrence changed on its own (an exception), by its local date: the fields it
+    # overrides (subject, start/end, attendees, ...), as Graph keeps exceptions.
+    overrides: dict[dt.date, dict[str, Any]] = field(default_factory=dict)
     _timing: Timing | None = None
 
     @property
@@ -489,16 +492,17 @@ class Store:
             box = self.mailbox(mailbox)
             if calendar_id is not None:
                 self._calendar(box, calendar_id)
-            if _split_occurrence(event_id) and event_id not in box.items:
-                raise bad_request("the emulator cannot modify single occurrences")
-            item = self._item(box, calendar_id, event_id)
             if not isinstance(patch, dict):
                 raise bad_request("the patch must be a JSON object")
+            occurrence = _split_occurrence(event_id)
+            if occurrence and event_id not in box.items:
+                return self._update_occurrence(box, calendar_id, occurrence, patch, notify)
+            item = self._item(box, calendar_id, event_id)
             before = self._recipients(box, item.data)
             data = copy.deepcopy(item.data)
             data.update({k: copy.deepcopy(v) for k, v in patch.items() if k not in READ_ONLY})
             _touch(data)
-            candidate = Item(data, item.cancelled)
+            candidate = Item(data, item.cancelled, item.overrides)
             candidate.timing  # noqa: B018 - validate before storing
             box.items[event_id] = candidate
             if notify:
@@ -506,6 +510,39 @@ class Store:
                 self._notify("updates_sent", after)
                 self._notify("cancellations_sent", [r for r in before if r not in after])
             return copy.deepcopy(data)
+
+    def _update_occurrence(
+        self,
+        box: Mailbox,
+        calendar_id: str | None,
+        occurrence: tuple[str, dt.date],
+        patch: dict[str, Any],
+        notify: bool,
+    ) -> dict[str, Any]:
+        """One occurrence changed on its own: it becomes an exception of its series (the
+        series' version changes, as for a deleted occurrence)."""
+        master_id, day = occurrence
+        master = self._item(box, calendar_id, master_id)
+        if not master.is_series or day in master.cancelled:
+            raise event_not_found(f"{master_id}_{day:%Y%m%d}")
+        clean = {k: copy.deepcopy(v) for k, v in patch.items() if k not in READ_ONLY}
+        clean.pop(wire.EV_RECURRENCE[0], None)
+        previous = master.overrides.get(day)
+        master.overrides[day] = {**(previous or {}), **clean}
+        try:
+            instances = list(self._occurrences(master, day, day))  # validates the times too
+            if not instances:
+                raise event_not_found(f"{master_id}_{day:%Y%m%d}")
+        except AlimailError:
+            if previous is None:
+                del master.overrides[day]
+            else:
+                master.overrides[day] = previous
+            raise
+        _touch(master.data)
+        if notify:
+            self._notify("updates_sent", self._recipients(box, instances[0].data))
+        return copy.deepcopy(instances[0].data)
 
     def update_event(
         self, mailbox: str, event_id: str, patch: dict[str, Any], notify: bool = False
@@ -627,6 +664,10 @@ class Store:
                     wire.EV_ORIGINAL_START[0]: format_utc(occ.start),
                 }
             )
+            if day in item.overrides:  # an exception: its own fields, its own times
+                data.update(copy.deepcopy(item.overrides[day]))
+                data["type"] = "exception"
+                occ = compute_timing(data)
             yield Instance(data, occ)
 
     def view(

@@ -295,6 +295,52 @@ def test_view_expands_series_with_stable_ids(client: Client, alimail: AlimailEmu
     assert {e[wire.EV_CHANGE_KEY[0]] for e in again} == {after[wire.EV_CHANGE_KEY[0]]}
 
 
+def test_patching_one_occurrence_makes_it_an_exception(
+    client: Client, alimail: AlimailEmulator
+) -> None:
+    master = alimail.store.add_event(
+        A,
+        timed(
+            "daily",
+            "2026-12-01T09:00:00",
+            "2026-12-01T10:00:00",
+            "Europe/Berlin",
+            recurrence={"pattern": {"type": "daily"}, "range": {"type": "numbered",
+                        "numberOfOccurrences": 3}},
+        ),
+    )  # fmt: skip
+    cal = client.calendar(A)
+    moved = f"{master['id']}_20261202"
+    patch = {
+        "subject": "daily (moved)",
+        "start": {"dateTime": "2026-12-02T15:00:00", "timeZone": "Europe/Berlin"},
+        "end": {"dateTime": "2026-12-02T16:00:00", "timeZone": "Europe/Berlin"},
+    }
+    path = f"/v2/users/{A}/calendars/{cal}/events/{moved}"
+    answer = client.call("PATCH", path, json={"event": patch})
+    assert answer.status_code == 200, answer.text
+    events, _ = client.view(A, "2026-11-30T00:00:00Z", "2026-12-31T00:00:00Z")
+    by_id = {e["id"]: e for e in events}
+    assert len(events) == 3
+    exception = by_id[moved]
+    assert (exception["type"], exception["subject"]) == ("exception", "daily (moved)")
+    assert exception["start"]["dateTime"].startswith("2026-12-02T15:00")
+    assert exception["originalStart"] == "2026-12-02T08:00:00Z"  # still its original slot
+    assert exception["seriesMasterId"] == master["id"]
+    others = [e for e in events if e["id"] != moved]
+    assert {(e["type"], e["subject"]) for e in others} == {("occurrence", "daily")}
+    assert client.call("GET", path).json()["event"]["subject"] == "daily (moved)"
+    # times that make no sense are refused and change nothing
+    bad = {"end": {"dateTime": "2026-12-02T08:00:00", "timeZone": "Europe/Berlin"}}
+    assert client.call("PATCH", path, json={"event": bad}).status_code == 400
+    assert client.call("GET", path).json()["event"]["end"] == exception["end"]
+    # a cancelled occurrence cannot be patched
+    gone = f"{master['id']}_20261203"
+    assert client.call("DELETE", f"/v2/users/{A}/calendars/{cal}/events/{gone}").status_code == 204
+    assert client.call("PATCH", f"/v2/users/{A}/calendars/{cal}/events/{gone}",
+                       json={"event": {"subject": "x"}}).status_code == 404  # fmt: skip
+
+
 def test_view_parameters_are_checked(client: Client) -> None:
     cal = client.calendar(A)
     path = f"/v2/users/{A}/calendars/{cal}/eventsview"

@@ -170,7 +170,6 @@ class Suite:
 
 class GraphSuite(Suite):
     kind = "office365_global"
-    can_move_occurrence = True
     has_change_feed = True
 
     def __init__(self, server: Any) -> None:
@@ -287,7 +286,6 @@ class GraphSuite(Suite):
 
 class ExchangeSuite(Suite):
     kind = "exchange"
-    can_move_occurrence = True
     has_change_feed = True
 
     def __init__(self, server: Any) -> None:
@@ -380,9 +378,6 @@ class ExchangeSuite(Suite):
 
 class AlimailSuite(Suite):
     kind = "alimail_v2"
-    # The emulator refuses to modify one occurrence ("cannot modify single occurrences"): the
-    # vendor documents no exception write, so only cancelled occurrences are staged.
-    can_move_occurrence = False
     has_change_feed = False  # the API has no change feed: every run reads in full
 
     def __init__(self, server: Any) -> None:
@@ -424,6 +419,17 @@ class AlimailSuite(Suite):
         if (recurrence := _recurrence(ev)) is not None:
             body["recurrence"] = recurrence
         return str(self.server.store.add_event(mailbox, body)["id"])
+
+    def move_occurrence(
+        self, mailbox: str, master: str, day: dt.date, start: dt.datetime, end: dt.datetime
+    ) -> None:
+        [item] = [e for e in self.stored(mailbox) if e["id"] == master]
+        zone = item["start"].get("timeZone") or item.get("timeZone") or ZONE
+        patch = {
+            "start": {"dateTime": _wall(start), "timeZone": zone},
+            "end": {"dateTime": _wall(end), "timeZone": zone},
+        }
+        self.server.store.update_event(mailbox, f"{master}_{day:%Y%m%d}", patch)
 
     def cancel_occurrence(self, mailbox: str, master: str, day: dt.date) -> None:
         self.server.store.delete_event(mailbox, f"{master}_{day:%Y%m%d}")
