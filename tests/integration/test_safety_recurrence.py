@@ -23,7 +23,7 @@ from calsync.config import IntegrationConfig
 from calsync.connectors.base import connector_for
 from calsync.model import SuiteEvent, Window
 from tests.integration.conftest import TODAY
-from tests.integration.reverse_helpers import ReverseRunner, oa_update
+from tests.integration.reverse_helpers import ReverseRunner, oa_delete, oa_update
 from tests.integration.safety_suites import (
     LINA,
     NO_WRITES,
@@ -165,6 +165,38 @@ def test_oa_edit_of_one_occurrence_goes_back_to_that_occurrence_only(
     assert set(after) == set(before) and after[target].title == "周会 (OA edit)"
     assert all(after[sid] == before[sid] for sid in before if sid != target)
     assert suite.writes()["update"] == writes["update"] + 1
+
+
+def test_oa_delete_of_one_occurrence_cancels_that_occurrence_only(
+    suite: Suite,  # noqa: F811 - the fixture
+    oa: sa.Engine,  # noqa: F811 - the fixture
+) -> None:
+    """Two-way: an OA delete of one occurrence's schedule deletes that occurrence from the
+    series (one cancellation to the attendee), never the series; the attendee's cancelled copy
+    read back afterwards brings nothing back."""
+    config = suite.config(direction="both")
+    run = IncrementalRunner(oa, config)
+    drain = ReverseRunner(oa, [config])
+    suite.add(
+        ORGANISER, Ev("周会 Weekly sync", FIRST, FIRST + dt.timedelta(hours=1), attendees=(LINA,),
+                      daily=5),
+    )  # fmt: skip
+    assert run()["totals"].get("created") == 5
+    by_start = {key_start(k): sid for k, sid in meetings(oa, config.id).items()}
+    target = by_start[original_starts()[3]]
+    before = schedules(oa)
+    writes, mail = suite.writes(), suite.mail()
+
+    oa_delete(oa, target)
+    assert drain.counts(drain()) == {"deleted": 1}
+    assert suite.writes() == {**writes, "delete": writes["delete"] + 1}
+    assert suite.mail() - mail == 1  # 李娜's cancellation of that one occurrence
+    left = sorted(e.original_start for e in read(config, ORGANISER))
+    assert left == [when for i, when in enumerate(original_starts()) if i != 3]
+    assert set(run()["totals"]) <= {"unchanged", "skipped"}  # no schedule comes back
+    assert drain.counts(drain()) == {}
+    assert schedules(oa) == {sid: row for sid, row in before.items() if sid != target}
+    assert suite.writes()["delete"] == writes["delete"] + 1
 
 
 # fixtures: the suites over their emulators (EWS and Alibaba started once per session)
