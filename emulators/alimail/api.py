@@ -41,6 +41,7 @@ class Request:
     target: str
     headers: Message
     body: bytes = b""
+    received: float = field(default_factory=time.monotonic)  # when the request was read
 
     @property
     def path(self) -> str:
@@ -154,7 +155,7 @@ class AlimailApi:
             status = 405 if kind == "wrong_method" else 404
             return self._finish(api_error(status, "NotFound", f"no route {req.method} {path}"))
         scope = mailbox or ""
-        verdict = self.throttle.check_window(client, scope)
+        verdict = self.throttle.check_window(client, scope, req.received)
         if verdict is not None:
             return self._finish(self._verdict(verdict, client, scope))
         verdict = self.throttle.enter(client)

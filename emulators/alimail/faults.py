@@ -5,11 +5,14 @@ applies them: random 429s and 5xx answers carrying Retry-After, a one-shot ``fai
 (a path substring and a status, answered before the request is handled — or after it, which
 makes an ambiguous write), a cap on the requests in flight per tenant (app id), and after
 every 429/5xx with Retry-After a window per (app, mailbox) inside which a new request counts
-as a violation and is refused again.
+as a violation and is refused again (``stats.retry_after_violations``). A request that had
+already arrived when the answer opening the window went out (a concurrent one, on the wire
+before the client could know) is refused too but counted in ``stats.in_flight_refusals``.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -92,6 +95,8 @@ class Stats(StatsBase):
             self.throttled_429 = 0
             self.errors_5xx = 0
             self.retry_after_violations = 0
+            self.in_flight_refusals = 0
+            self.violation_delays: list[float] = []  # seconds into the window
             self.max_concurrency_seen: dict[str, int] = {}
             self.notifications: Counter[str] = Counter()  # per recipient, every kind
             self.invitations_sent: Counter[str] = Counter()
@@ -124,6 +129,10 @@ class Stats(StatsBase):
             getattr(self, kind)[recipient] += 1
             self.notifications[recipient] += 1
 
+    def late(self, seconds: float) -> None:
+        with self._lock:
+            self.violation_delays.append(round(seconds, 4))
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return {
@@ -137,6 +146,8 @@ class Stats(StatsBase):
                 "throttled_429": self.throttled_429,
                 "errors_5xx": self.errors_5xx,
                 "retry_after_violations": self.retry_after_violations,
+                "in_flight_refusals": self.in_flight_refusals,
+                "violation_delays": list(self.violation_delays),
                 "max_concurrency_seen": dict(self.max_concurrency_seen),
                 "notifications": dict(self.notifications),
                 "invitations_sent": dict(self.invitations_sent),
@@ -161,6 +172,10 @@ class Throttle(ThrottleBase):
     faults: Faults
     stats: Stats
 
+    def __init__(self, faults: Faults, stats: Stats, seed: int = 0) -> None:
+        super().__init__(faults, stats, seed)
+        self._opened: dict[tuple[str, str], float] = {}  # when each window opened
+
     def take_fail_next(self, method: str, target: str) -> FailSpec | None:
         """The first matching ``fail_next`` entry (path as sent or percent-decoded), consumed."""
         decoded = unquote(target)
@@ -173,12 +188,21 @@ class Throttle(ThrottleBase):
                     return spec
         return None
 
-    def check_window(self, client: str, mailbox: str) -> Verdict | None:
+    def check_window(
+        self, client: str, mailbox: str, received: float | None = None
+    ) -> Verdict | None:
+        """A 429 while (client, mailbox) must wait. It counts as a violation unless the
+        request had arrived (``received``, monotonic) before the answer that opened the
+        window went out: a concurrent request already on the wire could not have known."""
         with self._lock:
             remaining = self._wait_left((client, mailbox))
             if remaining is None:
                 return None
-        self.stats.add("retry_after_violations")
+            opened = self._opened.get((client, mailbox), 0.0)
+        in_flight = received is not None and received < opened
+        self.stats.add("in_flight_refusals" if in_flight else "retry_after_violations")
+        if not in_flight:
+            self.stats.late(time.monotonic() - opened)
         return Verdict(
             429,
             "Throttling.RetryAfter",
@@ -229,4 +253,7 @@ class Throttle(ThrottleBase):
         if mailbox is None:
             return
         with self._lock:
-            self._hold((client, mailbox), seconds)
+            key = (client, mailbox)
+            if self._wait_left(key) is None:  # a new window: when its first answer went out
+                self._opened[key] = time.monotonic()
+            self._hold(key, seconds)

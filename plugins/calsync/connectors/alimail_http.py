@@ -23,6 +23,7 @@ import contextlib
 import email.utils
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -108,6 +109,30 @@ class RetryPolicy:
             return max(0.0, retry_after) + RETRY_AFTER_SLACK_S
         cap = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
         return random.uniform(cap / 2, cap)
+
+
+class MailboxLocks:
+    """One request in flight per mailbox, retries included. Alibaba's Retry-After holds for
+    the (app, mailbox), not only for the request it answered: a second thread's request to
+    the mailbox, sent while the first sleeps out its Retry-After, would come too early (the
+    Graph connector holds its mailboxes the same way)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+
+    @contextlib.contextmanager
+    def hold(self, mailbox: str | None) -> Iterator[None]:
+        if mailbox is None:
+            yield
+            return
+        with self._lock:
+            lock = self._locks.setdefault(mailbox, threading.Lock())
+        with lock:
+            yield
+
+
+_MAILBOX_IN_PATH = re.compile(r"^/v2/users/([^/]+)")
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -214,6 +239,7 @@ class AlimailHttp:
         self.waited_s = 0.0
         self._stats_lock = threading.Lock()
         self._local = threading.local()  # the wait spent by the current operation (per thread)
+        self.mailboxes = MailboxLocks()
 
     @contextlib.contextmanager
     def operation(self) -> Iterator[None]:
@@ -308,7 +334,10 @@ class AlimailHttp:
                     verify=self.verify,
                 )
 
-            response = self._with_retries(kind, send, idempotent=idempotent)
+            found = _MAILBOX_IN_PATH.match(path)
+            mailbox = found.group(1) if found else None
+            with self.mailboxes.hold(mailbox):
+                response = self._with_retries(kind, send, idempotent=idempotent)
             if response.status_code == 401 and not refreshed:
                 # Expired or revoked before its time: renew once and send again.
                 self.tokens.invalidate(token)
@@ -376,8 +405,9 @@ class AlimailHttp:
             delay = self.policy.delay(attempt, failure.retry_after)
             if attempt >= self.policy.max_attempts or waited + delay > self.policy.max_total_wait_s:
                 what = f"HTTP {failure.status}" if failure.status else failure.code
+                down = "" if failure.status else f"unreachable at {self.endpoint}: "
                 raise ConnectorError(
-                    f"Alibaba Mail {kind} still failing after {attempt} attempt(s) and "
+                    f"Alibaba Mail {down}{kind} still failing after {attempt} attempt(s) and "
                     f"{waited:.1f}s of waiting in this "
                     f"{'operation' if shared else 'request'} ({what}"
                     + (f", Retry-After {failure.retry_after:g}s" if failure.retry_after else "")
