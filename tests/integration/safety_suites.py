@@ -164,6 +164,10 @@ class Suite:
         """Meeting messages (invitations, updates, cancellations) the suite sent so far."""
         raise NotImplementedError
 
+    def requests_for(self, mailbox: str) -> int:
+        """API requests (reads and writes) calsync sent for ``mailbox`` so far."""
+        return int(self.server.stats.snapshot()["by_mailbox"].get(mailbox, 0))
+
     def expire_feeds(self) -> None:
         """The suite forgets every change-feed state it handed out."""
 
