@@ -40,6 +40,7 @@ class Seeded:
     users: dict[int, tuple[str, str, str | None]] = field(default_factory=dict)  # id → login…
     dead: dict[str, int] = field(default_factory=dict)  # integration → dead deliveries
     pending: dict[str, int] = field(default_factory=dict)
+    held: dict[str, int] = field(default_factory=dict)  # deletions held by the E10 guard
     unrouted: int = 0
 
     def match(self, **f: Any) -> list[dict[str, Any]]:
@@ -153,7 +154,7 @@ def seed_sync_log(engine: sa.Engine, count: int = 600, seed: int = 7) -> Seeded:
         for k, (integration, status) in enumerate(
             [("demo_exchange", "dead")] * 3
             + [("demo_exchange", "pending")] * 2
-            + [("demo_alimail", "dead"), ("demo_office365", "done")]
+            + [("demo_alimail", "dead"), ("demo_office365", "done"), ("demo_office365", "held")]
         ):
             deliveries.append(
                 {
@@ -168,8 +169,8 @@ def seed_sync_log(engine: sa.Engine, count: int = 600, seed: int = 7) -> Seeded:
                     "updated_at": now - dt.timedelta(minutes=k),
                 }
             )
-            if status in ("dead", "pending"):
-                target = seeded.dead if status == "dead" else seeded.pending
+            if status in ("dead", "pending", "held"):
+                target = {"dead": seeded.dead, "pending": seeded.pending}.get(status, seeded.held)
                 target[integration] = target.get(integration, 0) + 1
         conn.execute(sa.insert(t.deliveries), deliveries)
     return seeded

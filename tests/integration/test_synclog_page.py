@@ -350,6 +350,7 @@ def test_overview(api: TestClient, tokens: dict[str, str], seeded: Seeded):
         )
         assert item["dead_total"] == seeded.dead.get(integration, 0)
         assert item["pending"] == seeded.pending.get(integration, 0)
+        assert item["held"] == seeded.held.get(integration, 0)
     exchange = items["demo_exchange"]
     assert [d["last_error"] for d in exchange["dead"]] == [DEAD_ERROR] * 3
     assert exchange["dead"][0]["title"].startswith("变更")
@@ -371,6 +372,7 @@ def test_page_renders_overview_and_log_in_both_languages(
     assert f'href="/dags/calsync_demo_office365/runs/{run}" target="_top"' in zh.text
     en = api.get("/calsync/", params={"lang": "en"}, headers={**headers, "Accept-Language": "zh"})
     assert "Calendar sync" in en.text and "Dead deliveries" in en.text and "日历同步" not in en.text
+    assert re.search(r"action=held[^>]*>held deletions 1</a>", en.text)  # E10, reverse
     # Accept-Language picks the language when no lang is given
     assert "Sync log" in api.get("/calsync/", headers={**headers, "Accept-Language": "en-US"}).text
 

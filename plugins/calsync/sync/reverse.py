@@ -405,8 +405,8 @@ class IntegrationDrain:
             held = reverse_guard.hold_deletes(conn, self.config, self.users.values(), self.run)
         for group in held:
             self.report.held.append(group.as_dict())
-            self.report.add("held", group.total)
-            if group.count:
+            if group.count:  # newly held by this drain; ``held`` lists every one still held
+                self.report.add("held", group.count)
                 log.warning(
                     "%s: %d suite deletion(s) of %s held: %s",
                     self.config.id,

@@ -144,6 +144,7 @@ def hold_deletes(
     guard = config.delete_guard
     if not guard.enabled:
         return []
+    users = list(users)
     now = store.utcnow()
     deletes = _suite_deletes(conn, config.id, {u.id: u for u in users}, now)
     if not deletes:
@@ -179,7 +180,7 @@ def hold_deletes(
                     f"{len(new)} suite deletion(s) held ({count} in all for this mailbox): "
                     f"{reason}. Check the OA (a bulk delete?), then release them with the "
                     "reverse DAG's confirm_deletes parameter or `calsync deletes release "
-                    f"--integration {config.id}`; restoring the schedules cancels them.",
+                    f"--integration {config.id}`.",
                     user_id=user.id if user else None,
                     mailbox=mailbox,
                     direction="reverse",
