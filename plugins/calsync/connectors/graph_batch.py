@@ -20,6 +20,10 @@ Graph answers each sub-request on its own, so the batch can fail in part:
 
 Graph's limit of 4 concurrent requests per mailbox is counted per sub-request: at most
 ``per_mailbox`` requests of one mailbox are in flight across all batches.
+
+Until a first batch has been answered, only one is in flight: the first batch logs in and
+opens the connection, and what queues meanwhile leaves in full batches on a warm client (the
+first requests of a run would otherwise each fetch a token and do a TLS handshake).
 """
 
 from __future__ import annotations
@@ -97,6 +101,7 @@ class GraphBatcher:
         self._held: dict[str, float] = {}  # mailbox → loop time it may be sent again
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._primed = False  # a batch was answered: more than one may be in flight
 
     async def request(
         self,
@@ -132,6 +137,8 @@ class GraphBatcher:
 
     def _schedule(self) -> None:
         """Flush now when a full batch is ready, else once the linger (or a hold) is over."""
+        if not self._primed and self._tasks:
+            return  # the first batch is out; its answer schedules the next
         loop = asyncio.get_running_loop()
         ready, next_hold = self._ready_count()
         if ready >= self.size:
@@ -189,6 +196,8 @@ class GraphBatcher:
 
     def _flush(self) -> None:
         self._timer = None
+        if not self._primed and self._tasks:
+            return  # the first batch's answer flushes again
         while True:
             picked = self._take()
             if not picked:
@@ -196,7 +205,7 @@ class GraphBatcher:
             task = asyncio.get_running_loop().create_task(self._run(picked))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-            if len(picked) < self.size:
+            if len(picked) < self.size or not self._primed:
                 break
         if self._queue:
             self._schedule()
@@ -214,10 +223,13 @@ class GraphBatcher:
                 self._in_flight[item.mailbox] -= 1
                 if not item.future.done():
                     item.future.set_exception(exc)
+            self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
             self._schedule()
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
+        self._primed = True
+        self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
         entries = answer.get("responses") if isinstance(answer, dict) else None
         by_id = {str(e.get("id")): e for e in entries or [] if isinstance(e, dict)}
         now = asyncio.get_running_loop().time()
