@@ -74,9 +74,7 @@ def airflow_scenario(suite: str, args: argparse.Namespace, workdir: Path) -> dic
     from tenant import SEEDS, generate
 
     parallelism = getattr(args, "parallelism", None) or 4
-    batch_size = getattr(args, "batch_size", None) or max(
-        1, math.ceil(args.users / parallelism)
-    )
+    batch_size = getattr(args, "batch_size", None) or max(1, math.ceil(args.users / parallelism))
     tenant = generate(args.users, args.events, seed=args.seed)
     seed_file = workdir / f"{suite}_airflow_seed.json"
     seed_file.write_text(json.dumps(SEEDS[suite](tenant), ensure_ascii=False))

@@ -318,14 +318,18 @@ def naive_sync(
     reader: Any,
     window: Window,
     run: Any,
+    only: set[str] | None = None,
 ) -> NaiveResult:
-    """Forward-sync every user in scope, one after another."""
+    """Forward-sync every user in scope (or those of them whose mailbox is in ``only``), one
+    after another."""
     result = NaiveResult()
     started = time.perf_counter()
     with engine.connect() as conn:
         ctx, _ = build_context(conn, config, library)
         users = store.resolve_scope(conn, config.scope, config.binding).users
     for user in users:
+        if only is not None and user.mailbox not in only:
+            continue
         try:
             events = reader.events(user.mailbox, window)
         except Exception:  # one user's failure must not stop the others

@@ -137,9 +137,10 @@ def prepare_oa(url: str, tenant: Any) -> None:
     engine.dispose()
 
 
-def oa_digest(url: str) -> dict[str, Any]:
+def oa_digest(url: str, mailboxes: set[str] | None = None) -> dict[str, Any]:
     """What the OA holds, independent of row ids and timestamps: counts and a hash over the
-    schedules (with their participants) and links."""
+    schedules (with their participants) and links — of the schedules linked to ``mailboxes``
+    only, when given."""
     import hashlib
 
     import sqlalchemy as sa
@@ -157,9 +158,14 @@ def oa_digest(url: str) -> dict[str, Any]:
             people.setdefault(row.schedule_id, []).append(
                 f"{row.kind}|{row.user_id}|{row.room_id}|{row.email}"
             )
-        suite_of = dict(conn.execute(sa.select(lk.c.schedule_id, lk.c.suite_id)).all())
+        linked = conn.execute(sa.select(lk.c.schedule_id, lk.c.suite_id, lk.c.mailbox)).all()
+        if mailboxes is not None:
+            linked = [row for row in linked if row.mailbox in mailboxes]
+        suite_of = {row.schedule_id: row.suite_id for row in linked}
         rows = []
         for r in conn.execute(sa.select(s)):
+            if mailboxes is not None and r.id not in suite_of:
+                continue
             rows.append(
                 "|".join(
                     str(v)
@@ -172,16 +178,17 @@ def oa_digest(url: str) -> dict[str, Any]:
                 )
             )  # fmt: skip
         links = sorted(
-            "|".join(str(v) for v in row)
+            "|".join(str(v) for v in row[:4])
             for row in conn.execute(
                 sa.select(lk.c.mailbox, lk.c.suite_id, lk.c.identity_key, lk.c.content_hash)
             )
+            if mailboxes is None or row.mailbox in mailboxes
         )
     engine.dispose()
     digest = hashlib.sha256("\n".join(sorted(rows) + links).encode()).hexdigest()[:16]
     return {
         "schedules": len(rows),
-        "participants": sum(len(v) for v in people.values()),
+        "participants": sum(len(people.get(i, [])) for i in suite_of),
         "links": len(links),
         "digest": digest,
     }
@@ -190,15 +197,19 @@ def oa_digest(url: str) -> dict[str, Any]:
 # --- one suite's forward scenarios ---------------------------------------------------------
 
 
-def integration_yaml(suite: str, conn_id: str, ready: dict[str, Any], concurrency: int) -> str:
+def integration_yaml(
+    suite: str, conn_id: str, ready: dict[str, Any], concurrency: int, direction: str = "forward"
+) -> str:
+    lease = ", claim_lease_s: 3600" if direction != "forward" else ""
     text = f"""
 name: scale bench {suite}
 type: {TYPES[suite]}
 connection_id: {conn_id}
+direction: {direction}
 window_days: 3
 timezone: Asia/Shanghai
 filters: [skip_cancelled]
-execution: {{concurrency: {concurrency}}}
+execution: {{concurrency: {concurrency}{lease}}}
 """
     if suite == "graph":
         text += "office365: {page_size: 100}\n"
@@ -245,7 +256,7 @@ def floors(suite: str, users: int, events: int, latency_s: float, tenant_limit: 
 
 
 def forward_scenarios(suite: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    from tenant import SEEDS, generate
+    from tenant import SEEDS, generate, user_mail
 
     wanted = [s for s in ("1", "2", "3") if s in args.scenarios]
     tenant = generate(args.users, args.events, seed=args.seed)
@@ -273,6 +284,11 @@ def forward_scenarios(suite: str, args: argparse.Namespace, workdir: Path) -> di
             env |= {"SSL_CERT_FILE": ready["ca_file"], "REQUESTS_CA_BUNDLE": ready["ca_file"]}
         config_yaml = integration_yaml(suite, conn_id, ready, args.concurrency)
         modes = ["engine"] + ([] if args.no_naive else ["naive"])
+        # The naive baseline is sequential, so its time is the sum over users: on a big
+        # tenant it syncs the first --naive-users and its time and requests are scaled up.
+        naive_users = min(args.users, args.naive_users)
+        sampled = {user_mail(u) for u in range(naive_users)} if naive_users < args.users else None
+        scale_up = args.users / naive_users
         for mode in modes:
             urls[mode] = create_oa(args.oa, workdir, f"{suite}_{mode}")
             prepare_oa(urls[mode], tenant)
@@ -286,6 +302,7 @@ def forward_scenarios(suite: str, args: argparse.Namespace, workdir: Path) -> di
                 "conn_json": ready["airflow_conn_json"],
                 "endpoint": ready["endpoint"],
                 "ca_file": ready["ca_file"],
+                "mailboxes": sorted(sampled) if mode == "naive" and sampled else None,
             }
             workers[mode] = Child(
                 [sys.executable, str(BENCH / "scale_worker.py"), json.dumps(job)],
@@ -320,9 +337,21 @@ def forward_scenarios(suite: str, args: argparse.Namespace, workdir: Path) -> di
                     "throttled": after["throttled"] - before["throttled"],
                     "events_per_s": round(tenant.total_events / max(result["wall_s"], 1e-9), 1),
                 }
+                if mode == "naive" and sampled:
+                    result |= {
+                        "measured_users": naive_users,
+                        "measured_wall_s": result["wall_s"],
+                        "measured_requests": result["requests"],
+                        "wall_s": round(result["wall_s"] * scale_up, 1),
+                        "requests": round(result["requests"] * scale_up),
+                        "extrapolated": True,
+                    }
+                    result["events_per_s"] = round(
+                        tenant.total_events / max(result["wall_s"], 1e-9), 1
+                    )
                 runs.setdefault(scenario, {})[mode] = result
         for mode, url in urls.items():
-            out.setdefault("oa", {})[mode] = oa_digest(url)
+            out.setdefault("oa", {})[mode] = oa_digest(url, sampled)
         if "naive" in urls:
             out["oa_match"] = out["oa"]["engine"]["digest"] == out["oa"]["naive"]["digest"]
         out["emulator_peak_rss_mb"] = emu.ask({"op": "rss"})["peak_rss_mb"]
@@ -380,9 +409,11 @@ def table(report: dict[str, Any]) -> list[str]:
             lines.append(
                 f"{suite:9} {'4 reverse drain':22} {reverse['wall_s']:>10} "
                 f"{reverse['changes_per_s']:>8} {reverse['requests']:>9} "
-                f"{reverse['peak_rss_mb']:>7} {reverse.get('naive_wall_s', '-'):>9} "
+                f"{reverse['peak_rss_mb']:>7} {reverse.get('naive_changes_per_s', '-'):>9} "
                 f"{reverse.get('naive_requests', '-'):>9} {reverse.get('x_naive', '-'):>8} "
-                f"{reverse['floor_s']:>8} {reverse.get('x_floor', '-'):>8}  changes/s in ev/s"
+                f"{reverse['floor_s']:>8} {reverse.get('x_floor', '-'):>8}  "
+                f"(ev/s = changes/s; naive s = its changes/s over "
+                f"{reverse.get('naive_changes', '-')} changes)"
             )
         airflow = data.get("airflow")
         if airflow:
@@ -412,6 +443,13 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="execution.concurrency")
     parser.add_argument("--tenant-limit", type=int, default=16, help="EWS/Alibaba per tenant")
     parser.add_argument("--changes", type=int, default=10_000, help="scenario 4")
+    parser.add_argument("--parallelism", type=int, default=4, help="scenario 6")
+    parser.add_argument("--batch-size", type=int, help="scenario 6 (default: one wave)")
+    parser.add_argument("--airflow-timeout-s", type=float, default=900, help="scenario 6")
+    parser.add_argument("--naive-changes", type=int, default=300, help="scenario 4 baseline")
+    parser.add_argument(
+        "--naive-users", type=int, default=200, help="baseline users (scaled up to --users)"
+    )
     parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", type=Path)

@@ -82,7 +82,8 @@ def main() -> int:
             break
         if reader is not None:
             run = store.RunInfo(config.id, "bench_naive", step["label"])
-            result = naive_sync.naive_sync(engine, config, library, reader, window, run)
+            only = set(job["mailboxes"]) if job.get("mailboxes") else None
+            result = naive_sync.naive_sync(engine, config, library, reader, window, run, only)
             wall, counts, failed, errors = result.wall_s, result.counts, result.failed, []
         else:
             wall, counts, failed, errors = engine_run(
