@@ -437,6 +437,17 @@ class GraphConnector(SuiteConnector):
             raise AirflowNotFoundException(message)
         raise AirflowException(message)
 
+    def _refuse_untrusted(self, exc: BaseException) -> None:
+        """A certificate that does not verify is no outage: say so, and where the CA goes."""
+        text = _short(exc)
+        if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+            raise ConnectorError(
+                f"TLS to Office 365 failed for connection {self.config.connection_id!r}: {text} "
+                "(a private CA goes into the connection's extra 'verify' as the path of a CA "
+                "bundle)",
+                retriable=False,
+            ) from None
+
     async def _run(self, hook: Any, **request: Any) -> Any:
         """``hook.run`` with transparent re-authentication: a 401/403 (an access token that
         expired or was revoked mid-run) retires the hook's request adapter, so the request is
@@ -461,9 +472,11 @@ class GraphConnector(SuiteConnector):
                 if attempt == 3 or "closed" not in str(exc):
                     raise
             except (ServiceRequestError, ServiceResponseError) as exc:
+                self._refuse_untrusted(exc)
                 raise Unreachable(f"Office 365 login endpoint unreachable: {_short(exc)}") from None
             except Exception as exc:
                 if _is_transport_error(exc):
+                    self._refuse_untrusted(exc)
                     raise Unreachable(f"Graph unreachable: {_short(exc)}") from None
                 raise
         raise AssertionError("unreachable")
