@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from tests.integration.conftest import TODAY
 from tests.integration.reverse_helpers import ReverseRunner, oa_create, oa_delete, oa_update
-from tests.integration.safety_suites import ORGANISER, Suite
+from tests.integration.safety_suites import LINA, ORGANISER, Ev, Suite, schedules
 from tests.integration.test_incremental_graph import IncrementalRunner
 
 QUIET = {"unchanged", "skipped"}
@@ -94,6 +94,33 @@ def test_mail_only_for_real_oa_changes_and_only_as_the_mode_says(
     assert drain.counts(drain()) == {"deleted": 1}
     assert changes() == ({"create": 1, "update": 1, "delete": 1}, 3 * per_attendee)
     assert [e for e in suite.stored(ORGANISER) if "E12" in str(e.get("subject"))] == []
+
+
+def test_server_noise_writes_nothing_anywhere(
+    suite: Suite,  # noqa: F811 - the fixture
+    oa: sa.Engine,  # noqa: F811 - the fixture
+) -> None:
+    """A suite save that changes nothing but the event's version (change key, modification
+    time) writes no OA schedule, so nothing goes back to the suite and no mail is sent."""
+    config = suite.config(direction="both")
+    forward = IncrementalRunner(oa, config)
+    drain = ReverseRunner(oa, [config])
+    start = dt.datetime.combine(TODAY + dt.timedelta(days=1), dt.time(9))
+    made = suite.add(ORGANISER, Ev("E12 noise", start, start + dt.timedelta(hours=1),
+                                   attendees=(LINA,), room=True))  # fmt: skip
+    assert forward()["totals"].get("created") == 1
+    before = schedules(oa)
+    [item] = [e for e in suite.stored(ORGANISER) if e["id"] == made]
+    suite.update(ORGANISER, made, "E12 noise")  # saved as it was: a new version only
+    [touched] = [e for e in suite.stored(ORGANISER) if e["id"] == made]
+    versions = ("changeKey", "changekey", "lastModifiedDateTime", "last_modified")
+    assert {k for k in item if item[k] != touched.get(k)} <= set(versions)
+    assert any(item.get(k) != touched.get(k) for k in versions)  # the version did change
+    writes, mail = suite.writes(), suite.mail()
+    assert set(forward()["totals"]) <= QUIET
+    assert drain.counts(drain()) == {}
+    assert schedules(oa) == before  # not even a timestamp written
+    assert (suite.writes(), suite.mail()) == (writes, mail)
 
 
 # fixtures: the suites over their emulators (EWS and Alibaba started once per session)
