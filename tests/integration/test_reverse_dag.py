@@ -122,3 +122,26 @@ def test_drain_run_delivers_and_reports(dag_env, reverse_include, graph):
     assert row["action"] == "created" and row["dag_id"] == DAG_ID and row["run_id"] == run.run_id
     # a second run has nothing to do and still succeeds
     assert str(dag.test().state) == "success"
+
+
+def test_bulk_delete_is_held_until_a_run_with_confirm_deletes(dag_env, reverse_include, graph):
+    """E10 through the DAG: the trigger form offers confirm_deletes; a run holds an OA bulk
+    delete, a manual run with the parameter releases and delivers it."""
+    dag = dagbag().dags[DAG_ID]
+    assert dag.params["confirm_deletes"] is False
+    ids = [oa_create(dag_env, "zhangwei", f"bulk {i}") for i in range(5)]
+    assert str(dag.test().state) == "success"
+    for sid in ids[:4]:
+        oa_delete(dag_env, sid)
+    assert str(dag.test().state) == "success"
+    assert sorted(d["status"] for d in deliveries(dag_env)) == ["done"] + ["held"] * 4
+
+    def bulk() -> list[str]:
+        return sorted(e["subject"] for e in graph.store.events(ZHANG) if "bulk" in e["subject"])
+
+    assert len(bulk()) == 5
+    assert str(dag.test(run_conf={"confirm_deletes": True}).state) == "success"
+    assert bulk() == ["bulk 4"]
+    actions = [r["action"] for r in reverse_logs(dag_env)]
+    assert actions.count("held") == 1 and actions.count("released") == 1
+    assert actions.count("deleted") == 4
