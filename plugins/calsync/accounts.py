@@ -120,7 +120,14 @@ def load_accounts(
             sa.select(t.user_accounts).where(t.user_accounts.c.user_id.in_(ids[i : i + 500]))
         )
         for row in rows:
-            out[row.user_id] = Account(row.login, vault.decrypt(row.password_encrypted))
+            try:
+                password = vault.decrypt(row.password_encrypted)
+            except CalsyncError as exc:  # say whose row, and under which key it was written
+                raise CalsyncError(
+                    f"{t.user_accounts.name} row of OA user {row.user_id} (key id {row.key_id}): "
+                    f"{exc}"
+                ) from None
+            out[row.user_id] = Account(row.login, password)
     return out
 
 
