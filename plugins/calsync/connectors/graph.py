@@ -276,6 +276,8 @@ class GraphConnector(SuiteConnector):
     after its Retry-After. ``use_batch = False`` sends each request on its own.
     """
 
+    markers_in_changes = False  # delta returns no extended properties (forward reads them)
+
     use_batch = True
 
     def __init__(self, config: IntegrationConfig) -> None:

@@ -362,6 +362,30 @@ GROUP_MAILBOXES = 50
 GROUP_EVENTS = 4000
 
 
+MARKER_LOOKUPS = 20  # per mailbox and run (E11: see _complete_markers)
+
+
+async def _complete_markers(
+    connector: SuiteConnector, mailbox: str, events: list[SuiteEvent]
+) -> None:
+    """E11 on a change feed without extended properties (Graph's delta): a change set that
+    removes items may hold one of them come back with a new id and a new iCalUId (a copy +
+    delete move), found again only by calsync's marker. Its single events' markers are read
+    (at most ``MARKER_LOOKUPS``) so the planner can re-link it instead of delete + create."""
+    wanted = [e for e in events if e.calsync_key is None and e.series_id is None]
+
+    async def one(event: SuiteEvent) -> None:
+        try:
+            full = await connector.get_event(mailbox, event.suite_id)
+        except ConnectorError as exc:  # the read itself succeeded: plan without the marker
+            log.info("mailbox %s: no marker for %s: %s", mailbox, event.suite_id, exc)
+            return
+        if full is not None and full.calsync_key:
+            event.calsync_key = full.calsync_key
+
+    await asyncio.gather(*(one(e) for e in wanted[:MARKER_LOOKUPS]))
+
+
 async def sync_users(
     engine: sa.Engine,
     config: IntegrationConfig,
@@ -422,6 +446,8 @@ async def sync_users(
                     events = await connector.list_events(user.mailbox, window)
                 else:
                     events = changes.events
+                    if changes.removed and not getattr(connector, "markers_in_changes", True):
+                        await _complete_markers(connector, user.mailbox, events)
         except AccountMissing as exc:  # F21: skipped with a clear record, not a failure
             await loop.run_in_executor(writer, _log_user, engine, run, user, "skipped", str(exc))
             result.counts = {"skipped": 1}
