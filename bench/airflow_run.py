@@ -70,7 +70,14 @@ def _count_schedules(url: str) -> int:
 def airflow_scenario(suite: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     import requests
     from reverse_latency import Api, free_port, stop
-    from scale import GRAPH_MAILBOX_LIMIT, Child, create_oa, drop_oa, integration_yaml, prepare_oa
+    from scale import (
+        Child,
+        create_oa,
+        drop_oa,
+        integration_yaml,
+        prepare_oa,
+        suite_limit,
+    )
     from tenant import SEEDS, generate
 
     parallelism = getattr(args, "parallelism", None) or 4
@@ -78,7 +85,7 @@ def airflow_scenario(suite: str, args: argparse.Namespace, workdir: Path) -> dic
     tenant = generate(args.users, args.events, seed=args.seed)
     seed_file = workdir / f"{suite}_airflow_seed.json"
     seed_file.write_text(json.dumps(SEEDS[suite](tenant), ensure_ascii=False))
-    limit = GRAPH_MAILBOX_LIMIT if suite == "graph" else args.tenant_limit
+    limit = suite_limit(suite, args)
     emu = Child(
         [
             sys.executable,
@@ -250,7 +257,7 @@ def main() -> int:
     parser.add_argument("--latency-ms", type=float, default=20)
     parser.add_argument("--oa", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--tenant-limit", type=int, default=16)
+    parser.add_argument("--tenant-limit", type=int, help="default: 27 (EWS) / 16 (Alibaba)")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--parallelism", type=int, default=4)
     parser.add_argument("--airflow-timeout-s", type=float, default=900)

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scale import GRAPH_MAILBOX_LIMIT, Child, create_oa, drop_oa, integration_yaml
+from scale import GRAPH_MAILBOX_LIMIT, Child, create_oa, drop_oa, integration_yaml, suite_limit
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -157,7 +157,7 @@ def reverse_scenario(suite: str, args: argparse.Namespace, workdir: Path) -> dic
 
     seed_file = workdir / f"{suite}_reverse_seed.json"
     seed_file.write_text(json.dumps(SEEDS[suite](generate(args.users, 0, rooms=20))))
-    limit = GRAPH_MAILBOX_LIMIT if suite == "graph" else args.tenant_limit
+    limit = suite_limit(suite, args)
     emu = Child(
         [
             sys.executable,

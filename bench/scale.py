@@ -20,7 +20,8 @@ a time, one request per page, one OA statement per event) run in the same invoca
 the same emulator, on its own OA database — the two OAs are compared afterwards
 (``oa_match``) — and beside the network floor: the fewest requests the suite needs ×
 latency ÷ the concurrency it allows (Graph: 4 in flight per mailbox; Exchange and Alibaba
-Mail: ``--tenant-limit`` per tenant, enforced by the emulators). Each emulator runs in its own
+Mail: ``--tenant-limit`` per tenant, default 27 — Exchange's EWSMaxConcurrency — and 16,
+enforced by the emulators). Each emulator runs in its own
 process (``bench/emulator_host.py``); each sync in its own process (``bench/scale_worker.py``).
 
 Prints a table; ``--json`` writes every figure.
@@ -48,6 +49,8 @@ PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 SUITES = ("graph", "exchange", "alimail")
 TYPES = {"graph": "office365_global", "exchange": "exchange", "alimail": "alimail_v2"}
 GRAPH_MAILBOX_LIMIT = 4  # Graph: concurrent requests per mailbox
+# Per tenant: Exchange's default EWSMaxConcurrency (27) and the Alibaba emulator's default.
+TENANT_LIMITS = {"exchange": 27, "alimail": 16}
 CHANGED_SHARE = 0.01  # scenario 3
 
 
@@ -223,6 +226,13 @@ execution: {{concurrency: {concurrency}{lease}}}
     return text
 
 
+def suite_limit(suite: str, args: argparse.Namespace) -> int:
+    """The concurrency limit the emulator enforces: per mailbox (Graph) or per tenant."""
+    if suite == "graph":
+        return GRAPH_MAILBOX_LIMIT
+    return args.tenant_limit or TENANT_LIMITS[suite]
+
+
 def floors(suite: str, users: int, events: int, latency_s: float, tenant_limit: int) -> dict:
     """The network floor per scenario: the fewest requests the suite needs × latency ÷ the
     requests it allows at once. Page sizes are each API's maximum: Graph 1,000 per
@@ -262,7 +272,7 @@ def forward_scenarios(suite: str, args: argparse.Namespace, workdir: Path) -> di
     tenant = generate(args.users, args.events, seed=args.seed)
     seed_file = workdir / f"{suite}_seed.json"
     seed_file.write_text(json.dumps(SEEDS[suite](tenant), ensure_ascii=False))
-    limit = GRAPH_MAILBOX_LIMIT if suite == "graph" else args.tenant_limit
+    limit = suite_limit(suite, args)
     emu = Child(
         [
             sys.executable,
@@ -356,9 +366,7 @@ def forward_scenarios(suite: str, args: argparse.Namespace, workdir: Path) -> di
             out["oa_match"] = out["oa"]["engine"]["digest"] == out["oa"]["naive"]["digest"]
         out["emulator_peak_rss_mb"] = emu.ask({"op": "rss"})["peak_rss_mb"]
         out["runs"] = {s: r for s, r in runs.items() if s in wanted}
-        out["floor"] = floors(
-            suite, args.users, args.events, args.latency_ms / 1000, args.tenant_limit
-        )
+        out["floor"] = floors(suite, args.users, args.events, args.latency_ms / 1000, limit)
         return out
     finally:
         for worker in workers.values():
@@ -376,7 +384,7 @@ def table(report: dict[str, Any]) -> list[str]:
         f"calsync scale benchmark: {report['users']} users × {report['events']} events "
         f"({report['users'] * report['events']:,} events), OA {report['oa']}, latency "
         f"{report['latency_ms']:g} ms, execution.concurrency {report['concurrency']}, "
-        f"tenant limit {report['tenant_limit']}",
+        f"tenant limit {report['tenant_limit'] or TENANT_LIMITS}",
         f"{'suite':9} {'scenario':22} {'calsync s':>10} {'ev/s':>8} {'requests':>9} "
         f"{'RSS MB':>7} {'naive s':>9} {'naive req':>9} {'× naive':>8} {'floor s':>8} "
         f"{'× floor':>8}",
@@ -441,7 +449,9 @@ def main() -> int:
     parser.add_argument("--oa", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--scenarios", default="1,2,3,5", help="comma-separated, 1–6")
     parser.add_argument("--concurrency", type=int, default=16, help="execution.concurrency")
-    parser.add_argument("--tenant-limit", type=int, default=16, help="EWS/Alibaba per tenant")
+    parser.add_argument(
+        "--tenant-limit", type=int, help="EWS/Alibaba per tenant (default: 27 / 16)"
+    )
     parser.add_argument("--changes", type=int, default=10_000, help="scenario 4")
     parser.add_argument("--parallelism", type=int, default=4, help="scenario 6")
     parser.add_argument("--batch-size", type=int, help="scenario 6 (default: one wave)")

@@ -23,6 +23,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT), str(ROOT / "bench")]
+CONNECTORS = {"graph": "graph", "exchange": "exchange", "alimail": "alimail"}
 
 
 def engine_run(engine: Any, config: Any, library: Any, window: Any, label: str, incr: bool) -> Any:
@@ -65,6 +66,14 @@ def main() -> int:
     library = MappingLibrary.load(ROOT / "include" / "mappings")
     window = scheduled_window(dt.datetime.now(dt.UTC), config.timezone, config.window_days)
     engine = engine_from_url(job["oa_url"])
+    # What a task process has loaded before it syncs (the connection lookup imports Airflow;
+    # ~5-20 s on this machine): start-up, not sync time.
+    import importlib
+
+    from airflow.sdk import BaseHook
+
+    BaseHook.get_connection(config.connection_id)
+    importlib.import_module(f"calsync.connectors.{CONNECTORS[job['suite']]}")
     reader = None
     if job["mode"] == "naive":
         import naive_sync
