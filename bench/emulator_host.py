@@ -60,7 +60,10 @@ def stats(suite: str, emu: Any) -> dict[str, Any]:
     snap = emu.stats.snapshot()
     by_kind = dict(snap.get("by_operation" if suite == "exchange" else "by_kind") or {})
     throttled = (
-        snap.get("throttled_429", 0) + snap.get("server_busy", 0) + snap.get("unavailable_503", 0)
+        snap.get("throttled_429", 0)
+        + snap.get("server_busy", 0)
+        + snap.get("unavailable_503", 0)
+        + snap.get("concurrency_refused", 0)
     )
     return {
         "requests": snap["requests"],
