@@ -257,6 +257,57 @@ def test_dst_zone_series_and_all_day(emu: EwsEmulator) -> None:
     assert (day_off.start_date, day_off.end_date) == (dt.date(2026, 3, 29), dt.date(2026, 3, 30))
 
 
+def test_window_read_from_raw_xml_equals_exchangelib_items(emu: EwsEmulator) -> None:
+    """``_view`` reads GetItem answers straight from XML (``exchange_raw``); every field must
+    be what ``normalize_item`` makes of exchangelib's CalendarItem for the same items."""
+    import dataclasses
+
+    from calsync.connectors.exchange import READ_FIELDS, normalize_item
+
+    seed_calendar(emu)
+    emu.store.add_event(
+        B,
+        {"subject": "Berlin day", "start": "2026-12-02", "end": "2026-12-04",
+         "timezone": "Europe/Berlin"},
+    )  # fmt: skip
+    config = make_config(emu)
+    start = dt.datetime(2026, 12, 3, 9, tzinfo=dt.UTC)
+    marked = EventWrite(
+        subject="Marked 标记",
+        start=start,
+        end=start + dt.timedelta(hours=1),
+        body="line one\nline two",
+        attendees=[Attendee(C, "Carol", "optional")],
+        key="calsync:ews_it:42",
+    )
+    call(config, "create_event", B, marked)
+
+    async def both(connector: ExchangeConnector) -> list[tuple[list[Any], list[Any]]]:
+        def read(mailbox: str) -> tuple[list[Any], list[Any]]:
+            account, _ = connector._account(mailbox)
+            lo, hi = connector._ews_bounds(WINDOW)
+            items = account.calendar.view(start=lo, end=hi).only(*READ_FIELDS)
+            old = [normalize_item(i, config.timezone) for i in items]
+            return old, connector._view(account, WINDOW)
+
+        await connector.list_events(A, WINDOW)  # settings and connection loaded
+        return [await asyncio.to_thread(read, m) for m in (A, B, C, ROOM)]
+
+    compared: list[SuiteEvent] = []
+    for old, new in run(using(config, both)):
+        by_id = {e.suite_id: dataclasses.asdict(e) for e in new}
+        assert len(by_id) == len(new) == len(old)
+        for event in old:
+            assert by_id[event.suite_id] == dataclasses.asdict(event)
+            compared.append(event)
+    # what was compared covers the cases: series, all-day in two zones, marker, attendees
+    assert {e.event_type for e in compared} >= {"singleInstance", "occurrence", "exception"}
+    assert {e.timezone for e in compared if e.all_day} >= {"Etc/UTC", "Europe/Berlin"}
+    assert any(e.calsync_key == "calsync:ews_it:42" for e in compared)
+    assert any(e.body_type == "text" for e in compared)
+    assert any(a.kind == "resource" for e in compared for a in e.attendees)
+
+
 def test_unknown_mailbox_is_mailbox_not_found(emu: EwsEmulator) -> None:
     with pytest.raises(MailboxNotFound):
         call(make_config(emu), "list_events", "nobody@contoso.com", WINDOW)

@@ -86,7 +86,7 @@ from exchangelib import (
 )
 from exchangelib import errors as ews_errors
 from exchangelib.folders import Calendar, Root
-from exchangelib.items import AUTO_RESOLVE
+from exchangelib.items import AUTO_RESOLVE, ID_ONLY
 from exchangelib.properties import Attendee as EwsAttendee
 from exchangelib.properties import DistinguishedFolderId
 from exchangelib.properties import Mailbox as EwsMailbox
@@ -102,6 +102,7 @@ from calsync.connectors.base import (
     EventWrite,
     SuiteConnector,
 )
+from calsync.connectors.exchange_raw import RawGetItem, normalize_element, unreadable_element
 from calsync.connectors.exchange_transport import (
     BoundedFaultTolerance,
     endpoint_for,
@@ -698,9 +699,36 @@ class ExchangeConnector(SuiteConnector):
         return out
 
     def _view(self, account: Account, window: Window) -> list[SuiteEvent]:
+        """The window's items: FindItem (ids) through exchangelib, then GetItem with
+        ``READ_FIELDS`` read straight from the answer's XML (``exchange_raw``)."""
         lo, hi = self._ews_bounds(window)
-        items = account.calendar.view(start=lo, end=hi).only(*READ_FIELDS)
-        return [e for e in self._normalize_all(items) if _overlaps(e, window)]
+        calendar = account.calendar
+        ids = list(calendar.view(start=lo, end=hi).values_list("id", "changekey"))
+        if not ids:
+            return []
+        paths = calendar.normalize_fields(fields=list(READ_FIELDS))
+        fields = {f for f in paths if not f.field.is_attribute}
+        out: list[SuiteEvent] = []
+        for elem in RawGetItem(account=account).call(
+            items=ids, additional_fields=fields, shape=ID_ONLY
+        ):
+            if isinstance(elem, ews_errors.ErrorItemNotFound):
+                continue  # deleted between FindItem and GetItem
+            if isinstance(elem, Exception):
+                raise elem
+            try:
+                event = normalize_element(
+                    elem,
+                    self.config.timezone,
+                    responses=RESPONSES,
+                    show_as=SHOW_AS,
+                    key_property=(CALSYNC_PROPERTY_SET, CALSYNC_PROPERTY_NAME),
+                )
+            except ValueError as exc:
+                event = unreadable_element(elem, str(exc))
+            if _overlaps(event, window):
+                out.append(event)
+        return out
 
     @staticmethod
     def _masters(account: Account) -> dict[str, str]:
