@@ -27,6 +27,8 @@ from email.message import Message
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
+import orjson
+
 from calsync.connectors import alimail_wire as wire
 from emulators.alimail.auth import Apps
 from emulators.alimail.faults import Stats, Throttle, Verdict, retry_after_text
@@ -71,7 +73,7 @@ class Response:
         if self.body is None:
             return b""
         self.headers.setdefault("Content-Type", JSON_TYPE)
-        return json.dumps(self.body, ensure_ascii=False).encode("utf-8")
+        return orjson.dumps(self.body, option=orjson.OPT_NON_STR_KEYS)  # UTF-8, fast
 
 
 def api_error(status: int, code: str, message: str) -> Response:

@@ -10,6 +10,8 @@ from email.message import Message
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
+import orjson
+
 JSON_TYPE = "application/json; odata.metadata=minimal; odata.streaming=true; charset=utf-8"
 
 
@@ -59,7 +61,9 @@ class Response:
         if isinstance(self.body, bytes):
             return self.body
         self.headers.setdefault("Content-Type", JSON_TYPE)
-        return json.dumps(self.body, ensure_ascii=False).encode("utf-8")
+        # orjson: UTF-8 as json.dumps(ensure_ascii=False) gives it, in a fraction of the CPU
+        # (rendering pages is most of what the emulator does under a benchmark).
+        return orjson.dumps(self.body, option=orjson.OPT_NON_STR_KEYS)
 
 
 def graph_error(status: int, code: str, message: str, request_id: str | None = None) -> Response:
