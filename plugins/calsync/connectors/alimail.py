@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -139,10 +140,17 @@ def strip_marker(body: str, body_type: str) -> tuple[str, str | None]:
 def _zone_name(name: Any, fallback: str) -> str:
     if not name or not isinstance(name, str):
         return fallback
+    return _known_zone(name.strip()) or fallback
+
+
+@functools.lru_cache(maxsize=512)
+def _known_zone(name: str) -> str | None:
+    """The IANA name of a zone name the suite sent, None when unknown (every time value of a
+    read carries one: resolved once per name)."""
     try:
-        return resolve_timezone(name.strip())
+        return resolve_timezone(name)
     except ValueError:
-        return fallback
+        return None
 
 
 def _zoneinfo(name: str) -> dt.tzinfo:
