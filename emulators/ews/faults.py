@@ -16,7 +16,9 @@
   ``BackOffMilliseconds`` = ``back_off_ms`` and counted in ``stats.concurrency_refused``.
 
 After a busy or 503 answer the login is told to wait; a request from it before that time
-elapsed counts in ``stats.backoff_violations`` and is answered busy again.
+elapsed counts in ``stats.backoff_violations`` and is answered busy again (one that had
+already arrived when that answer went out, on the wire before the client could know, is
+answered busy too but counts in ``stats.in_flight_refusals``).
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ class Stats(StatsBase):
             self.unavailable_503 = 0
             self.unauthorized_401 = 0
             self.backoff_violations = 0
+            self.in_flight_refusals = 0
             self.impersonation_denied = 0
             self.concurrency_refused = 0
             self.max_concurrency_seen = 0
@@ -143,6 +146,7 @@ class Stats(StatsBase):
                 "unavailable_503": self.unavailable_503,
                 "unauthorized_401": self.unauthorized_401,
                 "backoff_violations": self.backoff_violations,
+                "in_flight_refusals": self.in_flight_refusals,
                 "impersonation_denied": self.impersonation_denied,
                 "concurrency_refused": self.concurrency_refused,
                 "max_concurrency_seen": self.max_concurrency_seen,
@@ -156,12 +160,19 @@ class Throttle(ThrottleBase):
     faults: Faults
     stats: Stats
 
-    def verdict(self, operation: str, login: str) -> Verdict | None:
-        """The fault to answer this request with, if any (and remembers back-off windows)."""
+    def __init__(self, faults: Faults, stats: Stats, seed: int = 0) -> None:
+        super().__init__(faults, stats, seed)
+        self._opened: dict[str, float] = {}  # when each login's back-off window opened
+
+    def verdict(self, operation: str, login: str, received: float | None = None) -> Verdict | None:
+        """The fault to answer this request with, if any (and remembers back-off windows).
+        A request inside a window is answered busy; it counts as a violation unless it had
+        arrived (``received``) before the answer that opened the window went out."""
         with self._lock:
             left = self._wait_left(login)
             if left is not None:
-                self.stats.add("backoff_violations")
+                in_flight = received is not None and received < self._opened.get(login, 0.0)
+                self.stats.add("in_flight_refusals" if in_flight else "backoff_violations")
                 return Verdict("busy", back_off_ms=max(1, int(left * 1000)))
             chosen = None
             for index, (wanted, fault) in enumerate(self.faults.fail_next):
@@ -184,6 +195,7 @@ class Throttle(ThrottleBase):
                     else 0
                 )
                 if wait:
+                    self._opened[login] = time.monotonic()
                     self._hold(login, wait)
             return chosen
 

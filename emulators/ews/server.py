@@ -62,6 +62,7 @@ class _Handler(EmulatorHandler):
 
     def do_POST(self) -> None:
         body = self.read_body()
+        received = time.monotonic()  # before any throttling answer sent meanwhile, or not
         emu = self.server.emulator
         if self.path.split("?", 1)[0].lower() != ENDPOINT:
             self.send(404, b"Not Found", {"Content-Type": "text/plain"})
@@ -81,7 +82,7 @@ class _Handler(EmulatorHandler):
             self.send(401, b"401 - Unauthorized: Access is denied.", headers)
             return
         try:
-            status, payload, extra = emu.serve(body, login, scheme)
+            status, payload, extra = emu.serve(body, login, scheme, received)
         except Exception as exc:  # a bug in the emulator: answer, keep serving
             log.exception("emulator error")
             status, extra = 500, {}
@@ -309,8 +310,11 @@ class EwsEmulator(ServedEmulator):
 
     # --- serving ---
 
-    def serve(self, body: bytes, login: str, scheme: str) -> tuple[int, bytes, dict[str, str]]:
-        """(status, payload, headers) for one authenticated SOAP request."""
+    def serve(
+        self, body: bytes, login: str, scheme: str, received: float | None = None
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """(status, payload, headers) for one authenticated SOAP request (``received``: when
+        it had arrived, monotonic; tells a request already on the wire from a violation)."""
         api_version = "Exchange2016"
         operation = "(unparsed)"
         try:
@@ -333,16 +337,23 @@ class EwsEmulator(ServedEmulator):
         if verdict is not None:
             return self._fault_answer(verdict, operation, login, api_version)
         try:
-            return self._serve_entered(op, header, login, scheme, operation, api_version)
+            return self._serve_entered(op, header, login, scheme, operation, api_version, received)
         finally:
             self.throttle.leave()
 
     def _serve_entered(
-        self, op: Any, header: Any, login: str, scheme: str, operation: str, api_version: str
+        self,
+        op: Any,
+        header: Any,
+        login: str,
+        scheme: str,
+        operation: str,
+        api_version: str,
+        received: float | None = None,
     ) -> tuple[int, bytes, dict[str, str]]:
         if self.faults.latency_ms:
             time.sleep(self.faults.latency_ms / 1000)
-        verdict = self.throttle.verdict(operation, login)
+        verdict = self.throttle.verdict(operation, login, received)
         if verdict is not None:
             return self._fault_answer(verdict, operation, login, api_version)
         try:

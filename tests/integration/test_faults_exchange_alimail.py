@@ -40,6 +40,7 @@ class Suite:
 
     kind: str
     conn_id: str
+    execution = EXECUTION
 
     def __init__(self, server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         self.server = server
@@ -62,7 +63,7 @@ class Suite:
         text = (
             f"name: faults {self.kind}\ntype: {self.kind}\nconnection_id: {self.conn_id}\n"
             f"oa_connection_id: calsync_oa_test\ntimezone: {ZONE}\nwindow_days: 3\n"
-            f"direction: {direction}\n" + EXECUTION + self.section(endpoint or self.endpoint)
+            f"direction: {direction}\n" + self.execution + self.section(endpoint or self.endpoint)
         )
         return parse_integration(Path(f"faults_{self.kind}.yaml"), text)
 
@@ -107,6 +108,12 @@ class Suite:
 class ExchangeSuite(Suite):
     kind = "exchange"
     conn_id = EWS_CONN
+    # One mailbox at a time: impersonation puts every mailbox under one login, which EWS
+    # throttles as a whole, so concurrent requests on the wire when a busy answer goes out
+    # would land in its window by no fault of the client (the emulator counts those apart
+    # only as far as an in-process clock can tell). Sequential, the count must be 0;
+    # test_reverse_suites.py covers throttled drains with concurrency.
+    execution = EXECUTION.replace("concurrency: 4", "concurrency: 1")
 
     @property
     def endpoint(self) -> str:
@@ -140,31 +147,11 @@ class ExchangeSuite(Suite):
         )
 
     def violations(self) -> int:
-        return self.late_arrivals()
+        return int(self.stats()["backoff_violations"])
 
     def throttled(self) -> int:
         s = self.stats()
         return int(s["server_busy"]) + int(s["unavailable_503"])
-
-    def late_arrivals(self) -> int:
-        """Requests that reached the server inside a back-off window well after it opened.
-
-        Impersonation puts every mailbox under one login, which EWS throttles as a whole, and
-        the run reads four mailboxes at once: requests already on the wire when a busy answer
-        went out land inside its window within milliseconds. A request sent after the client
-        learnt of the back-off would arrive later in the window: those are the violations.
-        The emulator's own count (``backoff_violations``) includes the in-flight ones."""
-        late = 0
-        until = 0.0
-        opened = 0.0
-        for r in self.server.stats.log:
-            if r.at < until and r.at - opened > 0.05:
-                late += 1
-            if r.outcome in ("ErrorServerBusy", "503") and r.at >= until:
-                opened = r.at
-                wait = 0.3 if r.outcome == "ErrorServerBusy" else 1.0
-                until = r.at + wait
-        return late
 
 
 class AlimailSuite(Suite):
@@ -311,7 +298,7 @@ def test_suite_down_fails_each_user_clearly_then_a_later_run_finishes(
     suite: Suite, oa: sa.Engine, reference, how: str
 ):
     expected = reference()
-    suite.connect(max_retry_wait_s=2, total_wait_s=3)  # short budgets: a down suite fails fast
+    suite.connect(max_retry_wait_s=2, total_wait_s=1)  # short budgets: a down suite fails fast
     if how == "connection refused":
         config = suite.config(endpoint=suite.dead_endpoint())
     else:

@@ -154,12 +154,21 @@ class BoundedFaultTolerance(FaultTolerance):
 
     @property
     def back_off_until(self) -> dt.datetime | None:
+        # Read before every request. A back-off another thread was given that outlasts this
+        # operation's budget ends the operation: waking early would send inside the window
+        # the server asked for (E5), which it answers busy again.
         until = super().back_off_until
         remaining = self._remaining()
         if until is None or remaining is None:
             return until
-        cap = dt.datetime.now() + dt.timedelta(seconds=max(0.0, remaining))
-        return min(until, cap)
+        wait = (until - dt.datetime.now()).total_seconds()
+        if wait > max(0.0, remaining):
+            raise RateLimitError(
+                f"throttled: the server's back-off ({wait:.1f}s) outlasts what is left of the "
+                f"{self.total_wait:g}s budget",
+                wait=wait,
+            )
+        return until
 
     @back_off_until.setter
     def back_off_until(self, value: dt.datetime | None) -> None:
