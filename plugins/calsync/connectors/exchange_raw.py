@@ -92,19 +92,26 @@ def normalize_element(
     ``responses``/``show_as`` map EWS's response types and free/busy values; ``key_property``
     is (property set id, property name) of calsync's marker. Raises ValueError naming the
     problem for an item that cannot be understood."""
-    item_id = elem.find(T + "ItemId")
+    # The item's fields, indexed once (a find() per field scans all children each time).
+    fields = {child.tag: child for child in elem}
+
+    def text(tag: str) -> str | None:
+        child = fields.get(T + tag)
+        return child.text if child is not None else None
+
+    item_id = fields.get(T + "ItemId")
     suite_id = item_id.get("Id") if item_id is not None else None
     if not suite_id:
         raise ValueError("item without an id")
-    start = _instant(_text(elem, "Start"))
-    end = _instant(_text(elem, "End"))
+    start = _instant(text("Start"))
+    end = _instant(text("End"))
     if start is None or end is None:
         raise ValueError("item without start or end")
-    start_tz = elem.find(T + "StartTimeZone")
-    end_tz = elem.find(T + "EndTimeZone")
+    start_tz = fields.get(T + "StartTimeZone")
+    end_tz = fields.get(T + "EndTimeZone")
     zone = _zone(start_tz.get("Id") if start_tz is not None else None, default_zone)
     end_zone = _zone(end_tz.get("Id") if end_tz is not None else None, zone)
-    all_day = _bool(_text(elem, "IsAllDayEvent"))
+    all_day = _bool(text("IsAllDayEvent"))
     start_date = end_date = None
     if all_day:
         # As exchangelib reads them: the dates in the item's own zones, the end inclusive;
@@ -117,7 +124,7 @@ def normalize_element(
         start = end = None
     elif end < start:
         raise ValueError(f"end {end.isoformat()} is before start {start.isoformat()}")
-    organizer_email, organizer_name = _person(elem.find(T + "Organizer"))
+    organizer_email, organizer_name = _person(fields.get(T + "Organizer"))
     attendees: list[Attendee] = []
     seen: set[str] = set()
     for kind, tag in (
@@ -125,7 +132,7 @@ def normalize_element(
         ("optional", "OptionalAttendees"),
         ("resource", "Resources"),
     ):
-        group = elem.find(T + tag)
+        group = fields.get(T + tag)
         if group is None:
             continue
         for node in group.iterfind(T + "Attendee"):
@@ -135,26 +142,26 @@ def normalize_element(
             seen.add(email)
             response = responses.get(_text(node, "ResponseType") or "", "none")
             attendees.append(Attendee(email, name, kind, response))
-    body_node = elem.find(T + "Body")
+    body_node = fields.get(T + "Body")
     body = (body_node.text or "") if body_node is not None else ""
     # An empty body is no body (exchangelib reads it as None: text).
     html = bool(body) and (body_node.get("BodyType") or "") == "HTML"
-    kind = EVENT_TYPES.get(_text(elem, "CalendarItemType") or "Single", "singleInstance")
-    original = _instant(_text(elem, "RecurrenceId") or _text(elem, "OriginalStart"))
-    categories = elem.find(T + "Categories")
-    modified = _instant(_text(elem, "LastModifiedTime"))
-    uid = _text(elem, "UID")
+    kind = EVENT_TYPES.get(text("CalendarItemType") or "Single", "singleInstance")
+    original = _instant(text("RecurrenceId") or text("OriginalStart"))
+    categories = fields.get(T + "Categories")
+    modified = _instant(text("LastModifiedTime"))
+    uid = text("UID")
     return SuiteEvent(
         suite_id=suite_id,
         ical_uid=uid or suite_id,
-        subject=_text(elem, "Subject") or "",
+        subject=text("Subject") or "",
         start=start,
         end=end,
         all_day=all_day,
         start_date=start_date,
         end_date=end_date,
         timezone=zone,
-        location=(_text(elem, "Location") or "").strip(),
+        location=(text("Location") or "").strip(),
         body=body,
         body_type="html" if html else "text",
         organizer=Attendee(organizer_email, organizer_name, "required", "organizer")
@@ -164,10 +171,10 @@ def normalize_element(
         series_id=None,
         original_start=original if kind in ("occurrence", "exception") else None,
         event_type=kind,
-        is_cancelled=_bool(_text(elem, "IsCancelled")),
-        sensitivity=(_text(elem, "Sensitivity") or "Normal").lower(),
-        show_as=show_as.get(_text(elem, "LegacyFreeBusyStatus") or "Busy", "busy"),
-        importance=(_text(elem, "Importance") or "Normal").lower(),
+        is_cancelled=_bool(text("IsCancelled")),
+        sensitivity=(text("Sensitivity") or "Normal").lower(),
+        show_as=show_as.get(text("LegacyFreeBusyStatus") or "Busy", "busy"),
+        importance=(text("Importance") or "Normal").lower(),
         categories=[c.text or "" for c in categories.iterfind(T + "String")]
         if categories is not None
         else [],
@@ -175,8 +182,8 @@ def normalize_element(
         last_modified=modified,
         calsync_key=_marker(elem, key_property),
         extra={
-            "my_response_type": _text(elem, "MyResponseType") or "",
-            "is_meeting": _bool(_text(elem, "IsMeeting")),
+            "my_response_type": text("MyResponseType") or "",
+            "is_meeting": _bool(text("IsMeeting")),
         },
     )
 
