@@ -8,6 +8,7 @@ are left ``None`` so nothing can shift it through a time-zone conversion (E3/E14
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,12 +25,7 @@ class Window:
 
     def bounds_utc(self) -> tuple[dt.datetime, dt.datetime]:
         """[start 00:00, end+1 00:00) in the window's zone, as UTC datetimes."""
-        import pendulum
-
-        tz = pendulum.timezone(self.timezone)
-        lo = dt.datetime.combine(self.start, dt.time(), tzinfo=tz)
-        hi = dt.datetime.combine(self.end + dt.timedelta(days=1), dt.time(), tzinfo=tz)
-        return lo.astimezone(dt.UTC), hi.astimezone(dt.UTC)
+        return _bounds_utc(self.start, self.end, self.timezone)
 
     def overlaps(
         self,
@@ -46,6 +42,18 @@ class Window:
         assert start is not None
         end = end or start
         return start < hi and (end > lo or (end == start and start >= lo))
+
+
+@functools.lru_cache(maxsize=64)
+def _bounds_utc(start: dt.date, end: dt.date, timezone: str) -> tuple[dt.datetime, dt.datetime]:
+    """Cached: ``overlaps`` asks for the bounds once per event read, and loading the zone
+    (pendulum) costs more than the rest of the check."""
+    import pendulum
+
+    tz = pendulum.timezone(timezone)
+    lo = dt.datetime.combine(start, dt.time(), tzinfo=tz)
+    hi = dt.datetime.combine(end + dt.timedelta(days=1), dt.time(), tzinfo=tz)
+    return lo.astimezone(dt.UTC), hi.astimezone(dt.UTC)
 
 
 @dataclass(frozen=True, slots=True)
