@@ -10,9 +10,9 @@ events, rooms, 0-30 attendees, CJK titles, HTML bodies), and one connector readi
 mailbox's window with ``list_events``, ``--concurrency`` mailboxes at a time (as the forward
 engine does), timed after a warm-up read of one mailbox (imports, login, first connection).
 Reports wall time, events/s, the requests the emulator served (Graph: requests inside
-``$batch`` round trips count one by one), the connector process's CPU seconds and the
-emulator's throttling answers. What the forward engine adds (planning, OA writes) is
-``bench/forward_bench.py``'s and ``bench/scale.py``'s to measure.
+``$batch`` round trips count one by one), the connector process's CPU seconds, the
+emulator process's CPU seconds and its throttling answers. What the forward engine adds
+(planning, OA writes) is ``bench/forward_bench.py``'s and ``bench/scale.py``'s to measure.
 """
 
 from __future__ import annotations
@@ -71,6 +71,11 @@ class Host:
         self.proc.stdin.write(json.dumps({"op": op}) + "\n")
         self.proc.stdin.flush()
         return self.read()
+
+    def cpu_s(self) -> float:
+        """CPU seconds the emulator process used so far (user + system, from /proc)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -131,10 +136,12 @@ async def read_all(
     async with connector_for(config) as connector:
         await connector.list_events(mailboxes[0], window)
         before = host.ask("stats") if host is not None else None
+        emu_cpu = host.cpu_s() if host is not None else 0.0
         cpu, started = time.process_time(), time.perf_counter()
         await asyncio.gather(*(one(connector, m) for m in mailboxes))
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-    return {**counts, "wall_s": wall, "cpu_s": cpu, "before": before}
+        emu_cpu = (host.cpu_s() if host is not None else 0.0) - emu_cpu
+    return {**counts, "wall_s": wall, "cpu_s": cpu, "emulator_cpu_s": emu_cpu, "before": before}
 
 
 def bench_suite(suite: str, tenant: Any, args: argparse.Namespace, workdir: Path) -> dict:
@@ -176,6 +183,7 @@ def bench_suite(suite: str, tenant: Any, args: argparse.Namespace, workdir: Path
         "max_concurrency_seen": after.get("max_concurrency_seen"),
         "client_cpu_s": round(cpu, 2),
         "client_cpu_ms_per_event": round(cpu * 1000 / max(events, 1), 3),
+        "emulator_cpu_s": round(read["emulator_cpu_s"], 2),
     }
 
 
@@ -209,7 +217,7 @@ def main() -> int:
         f"connector read: {args.users} mailboxes × {args.events} events, "
         f"latency {args.latency_ms:g} ms, {args.concurrency} mailboxes at a time"
     )
-    header = ("wall s", "events/s", "requests", "throttled", "CPU s", "CPU ms/ev")
+    header = ("wall s", "events/s", "requests", "throttled", "CPU s", "CPU ms/ev", "emu CPU s")
     print(f"{'suite':10}" + "".join(f"{h:>11}" for h in header))
     for suite, r in report["suites"].items():
         cells = (
@@ -219,6 +227,7 @@ def main() -> int:
             r["throttled"],
             r["client_cpu_s"],
             r["client_cpu_ms_per_event"],
+            r["emulator_cpu_s"],
         )
         print(f"{suite:10}" + "".join(f"{c:>11}" for c in cells) + f"  {r['by_kind']}")
     if args.json:
