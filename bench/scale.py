@@ -496,6 +496,8 @@ def main() -> int:
 
             data["airflow"] = airflow_scenario(suite, args, workdir)
         report["suites"][suite] = data
+        if args.json:  # after each suite: a long run stopped half-way keeps what it measured
+            args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False))
     if "5" in args.scenarios:
         from dag_parse import measure
 
