@@ -82,6 +82,13 @@ def test_every_figure_matches_the_corpus():
         "Fault scenarios, Exchange and Alibaba Mail": cases_in(
             TESTS / "integration" / "test_faults_exchange_alimail.py"
         ),
+        "Partial Graph `$batch` failures": len(
+            re.findall(
+                r"^def test_\w*(sub_request|retries)\w*\(",
+                (TESTS / "integration" / "test_graph_batch.py").read_text(),
+                re.M,
+            )
+        ),
         "Bad integration files": len(list((CORPUS / "configs" / "integrations").glob("*.yaml"))),
         "Bad mapping-library changes": len(mappings) - len(escapes),
         "Formula sandbox escapes": len(escapes),
