@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import cProfile
 import datetime as dt
+import functools
 import json
 import os
 import pstats
@@ -156,6 +157,7 @@ class Emulator:
             ],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
+            stderr=(self.workdir / "graph.log").open("w"),
             text=True,
         )
         deadline = time.monotonic() + 300
@@ -234,7 +236,8 @@ def make_oa(kind: str, users: int, workdir: Path) -> tuple[Any, str]:
             extra = "" if kind == "postgresql" else " CHARACTER SET utf8mb4"
             conn.exec_driver_sql(f"CREATE DATABASE {quoted}{extra}")
         admin.dispose()
-        url = ADMIN_URLS[kind].replace("/postgres", f"/{name}").replace("/mysql?", f"/{name}?")
+        server, _, query = ADMIN_URLS[kind].partition("?")
+        url = f"{server.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
     engine = engine_from_url(url)
     upgrade(engine)
     with engine.begin() as conn:
@@ -310,6 +313,24 @@ def run_sync(
     return {"wall_s": wall, "totals": totals, "failed": sum(1 for r in results if r.error)}
 
 
+def measure(emu: Emulator, args: argparse.Namespace, run: Any) -> dict[str, Any]:
+    """Run one scenario; its figures (wall time, requests, CPU, peak RSS so far)."""
+    before, emu_cpu, cpu = emu.requests(), emu.cpu_s(), time.process_time()
+    result: dict[str, Any] = run()
+    cpu, emu_cpu = time.process_time() - cpu, emu.cpu_s() - emu_cpu
+    requests = emu.requests() - before
+    return result | {
+        "wall_s": round(result["wall_s"], 2),
+        "engine_cpu_s": round(cpu, 2),
+        "emulator_cpu_s": round(emu_cpu, 2),
+        "requests": requests,
+        "events_per_s": round(args.users * args.events / result["wall_s"], 1),
+        # the token request aside; Graph allows 4 per mailbox, calsync reads 1 at a time
+        "network_floor_s": round(requests * args.latency_ms / 1000 / args.concurrency, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+
+
 def warm_up() -> None:
     """Import what the first read imports lazily (Airflow, the Graph hook): a task process
     has paid for that before its first mailbox, so the timed runs should not."""
@@ -355,27 +376,8 @@ def main() -> int:
     rng = random.Random(7)
     seed_file = workdir / "seed.json"
     write_seed(seed_file, args.users, args.events, today, rng)
-    emu = Emulator(args.emulator, workdir, args.latency_ms)
-    emu.start(seed_file)
-    os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = emu.conn_json
-    config = parse_integration(
-        Path("bench.yaml"),
-        f"""
-name: bench
-type: office365_global
-connection_id: {CONN_ID}
-window_days: 3
-timezone: {ZONE}
-filters: [skip_cancelled]
-office365: {{page_size: {args.page_size}}}
-execution: {{concurrency: {args.concurrency}}}
-""",
-    )
-    library = MappingLibrary.load(ROOT / "include" / "mappings")
-    window = Window(today - dt.timedelta(days=3), today + dt.timedelta(days=3), ZONE)
-    engine, url = make_oa(args.oa, args.users, workdir)
     profiler = cProfile.Profile() if args.profile else None
-    warm_up()
+    emu = Emulator(args.emulator, workdir, args.latency_ms)
     report: dict[str, Any] = {
         "users": args.users,
         "events_per_user": args.events,
@@ -387,31 +389,41 @@ execution: {{concurrency: {args.concurrency}}}
         "runs": {},
     }
     try:
-        for label, incremental, share in scenarios(args):
-            edited = emu.change([mailbox(u) for u in range(args.users)], share, rng) if share else 0
-            before, emu_cpu, cpu = emu.requests(), emu.cpu_s(), time.process_time()
-            result = run_sync(engine, config, library, window, label, incremental, profiler)
-            cpu, emu_cpu = time.process_time() - cpu, emu.cpu_s() - emu_cpu
-            requests = emu.requests() - before
-            api_requests = requests - (1 if label == "first_full_sync" else 0)  # token
-            events = args.users * args.events
-            result |= {
-                "edited": edited,
-                "engine_cpu_s": round(cpu, 2),
-                "emulator_cpu_s": round(emu_cpu, 2),
-                "requests": requests,
-                "events_per_s": round(events / result["wall_s"], 1),
-                "network_floor_s": round(
-                    api_requests * args.latency_ms / 1000 / args.concurrency, 2
-                ),
-                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            }
-            result["wall_s"] = round(result["wall_s"], 2)
-            report["runs"][label] = result
+        emu.start(seed_file)
+        os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = emu.conn_json
+        config = parse_integration(
+            Path("bench.yaml"),
+            f"""
+name: bench
+type: office365_global
+connection_id: {CONN_ID}
+window_days: 3
+timezone: {ZONE}
+filters: [skip_cancelled]
+office365: {{page_size: {args.page_size}}}
+execution: {{concurrency: {args.concurrency}}}
+""",
+        )
+        library = MappingLibrary.load(ROOT / "include" / "mappings")
+        window = Window(today - dt.timedelta(days=3), today + dt.timedelta(days=3), ZONE)
+        warm_up()
+        engine, url = make_oa(args.oa, args.users, workdir)
+        try:
+            for label, incremental, share in scenarios(args):
+                boxes = [mailbox(u) for u in range(args.users)]
+                edited = emu.change(boxes, share, rng) if share else 0
+                report["runs"][label] = measure(
+                    emu,
+                    args,
+                    functools.partial(
+                        run_sync, engine, config, library, window, label, incremental, profiler
+                    ),
+                ) | {"edited": edited}
+        finally:
+            engine.dispose()
+            drop_oa(args.oa, url)
     finally:
         emu.stop()
-        engine.dispose()
-        drop_oa(args.oa, url)
 
     print(
         f"forward sync: {args.users} users × {args.events} events, OA {args.oa}, "

@@ -339,10 +339,7 @@ class _PlanWrites:
                 for item, _ in self.creates
                 if item.data is not None
             ]
-            insert = sa.insert(t.schedules).returning(
-                t.schedules.c.id, sort_by_parameter_order=True
-            )
-            ids = conn.execute(insert, rows).scalars().all()
+            ids = _insert_schedules(conn, rows)
             for (item, log_row), schedule_id in zip(self.creates, ids, strict=True):
                 assert item.data is not None
                 log_row["schedule_id"] = schedule_id
@@ -393,6 +390,31 @@ class _PlanWrites:
             self.link_updates,
         ):
             pending.clear()
+
+
+def _insert_schedules(conn: sa.Connection, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert schedule rows; their new ids, in order."""
+    if conn.dialect.name == "postgresql":
+        # A RETURNING executemany becomes one huge INSERT … SELECT per 1000 rows that psycopg
+        # re-parses in Python; ids taken from the table's sequence and a plain (pipelined)
+        # executemany cost a quarter of the client CPU.
+        ids = (
+            conn.execute(
+                sa.text(
+                    "SELECT nextval(pg_get_serial_sequence('oa_schedules', 'id')) "
+                    "FROM generate_series(1, :n)"
+                ),
+                {"n": len(rows)},
+            )
+            .scalars()
+            .all()
+        )
+        conn.execute(
+            sa.insert(t.schedules), [{**row, "id": i} for row, i in zip(rows, ids, strict=True)]
+        )
+        return list(ids)
+    insert = sa.insert(t.schedules).returning(t.schedules.c.id, sort_by_parameter_order=True)
+    return list(conn.execute(insert, rows).scalars().all())
 
 
 def apply_plan(
