@@ -108,6 +108,22 @@ def test_small_delete_is_not_held(seeded_oa: sa.Engine, graph: Any):
     assert by_subject(graph, ZHANG, "guard Z0") == []
 
 
+def test_one_by_one_deletes_count_together(seeded_oa: sa.Engine, graph: Any):
+    """A job deleting a few schedules per drain: the deletions delivered within the last hour
+    count with the pending ones, so the rules still catch it."""
+    reverse = ReverseRunner(seeded_oa, [reverse_config()])
+    zhang, _ = _seed(seeded_oa, reverse)
+    for sid in zhang[:2]:
+        oa_delete(seeded_oa, sid)
+    assert reverse.counts(reverse()) == {"deleted": 2}  # 2 of 6: fine on their own
+    for sid in zhang[2:4]:
+        oa_delete(seeded_oa, sid)
+    report = reverse()["integrations"][0]
+    assert report["counts"] == {"held": 2}
+    assert "4 of 6 linked schedule(s)" in report["held"][0]["reason"]
+    assert len(by_subject(graph, ZHANG, "guard Z3")) == 1
+
+
 def test_count_limit_and_disabled_guard(seeded_oa: sa.Engine, graph: Any):
     extra = "delete_guard: {delete_count: 1, delete_share: 1.0}\n"
     reverse = ReverseRunner(seeded_oa, [reverse_config(extra=extra)])

@@ -11,6 +11,10 @@ and sets them to ``held`` when, with the rules of :mod:`calsync.sync.guard`:
 - per integration: they exceed ``delete_share`` of all its linked schedules (a job deleting a
   few schedules of each of many users).
 
+Deletions delivered within the last ``RECENT`` (from the sync log; released ones not) count
+too, so a job that deletes one schedule at a time while drains run meanwhile is caught as
+well once its total breaks a rule.
+
 A held delivery is not claimed, retried or counted as failed; its tombstones and outbox rows
 stay (housekeeping keeps every delivery that is not done) and two-way forward sync treats it
 as an OA delete not yet pushed (it does not bring the schedule back). One ``held`` sync-log
@@ -38,6 +42,7 @@ from calsync.oa import schema as t
 from calsync.sync.guard import reverse_hold_reason
 
 HELD = "held"
+RECENT = dt.timedelta(hours=1)  # delivered deletions that still count towards the rules
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +120,32 @@ def _suite_deletes(
     return found
 
 
+def _recent(conn: sa.Connection, integration_id: str, now: dt.datetime) -> dict[str, int]:
+    """Suite deletions delivered within ``RECENT`` per mailbox, released ones left out."""
+    log, d = t.sync_log, t.deliveries
+    rows = conn.execute(
+        sa.select(log.c.mailbox, sa.func.count())
+        .select_from(
+            log.join(
+                d,
+                sa.and_(
+                    d.c.integration_id == log.c.integration_id,
+                    d.c.schedule_id == log.c.schedule_id,
+                ),
+            )
+        )
+        .where(
+            log.c.integration_id == integration_id,
+            log.c.logged_at >= now - RECENT,
+            log.c.direction == "reverse",
+            log.c.action == "deleted",
+            sa.not_(d.c.confirmed),
+        )
+        .group_by(log.c.mailbox)
+    )
+    return {mailbox: int(count) for mailbox, count in rows if mailbox}
+
+
 def _linked(conn: sa.Connection, integration_id: str) -> tuple[dict[str, int], int]:
     """Linked schedules per mailbox, and of the whole integration."""
     lk = t.links
@@ -153,17 +184,18 @@ def hold_deletes(
     for item in deletes:
         by_mailbox[item.mailbox].append(item)
     linked, linked_total = _linked(conn, config.id)
+    recent = _recent(conn, config.id, now)
     # The deleted schedules' links are gone (tombstones): count them back in.
-    overall = reverse_hold_reason(len(deletes), linked_total + len(deletes), guard, None)
+    total = len(deletes) + sum(recent.values())
+    overall = reverse_hold_reason(total, linked_total + total, guard, None)
     found: list[HeldDeletes] = []
     to_hold: list[int] = []
     logs: list[dict[str, Any]] = []
     users_by_mailbox = {u.mailbox: u for u in users}
     for mailbox, items in sorted(by_mailbox.items()):
         count = len(items)
-        reason = (
-            reverse_hold_reason(count, linked.get(mailbox, 0) + count, guard, mailbox) or overall
-        )
+        gone = count + recent.get(mailbox, 0)
+        reason = reverse_hold_reason(gone, linked.get(mailbox, 0) + gone, guard, mailbox) or overall
         new = [i.delivery_id for i in items if i.status != HELD]
         if reason is None:
             if len(new) < count:  # some held before: they stay held until released
