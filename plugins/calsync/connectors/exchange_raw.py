@@ -16,17 +16,22 @@ required/optional/resources, calsync's marker from its extended property.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import functools
 import zoneinfo
-from typing import Any
+from typing import Any, ClassVar
 
 from exchangelib.services import GetItem
+from exchangelib.services.common import shape_element
+from exchangelib.util import create_element
+from lxml import etree
 
 from calsync.config import resolve_timezone
 from calsync.model import Attendee, SuiteEvent
 
 T = "{http://schemas.microsoft.com/exchange/services/2006/types}"
+M = "{http://schemas.microsoft.com/exchange/services/2006/messages}"
 
 EVENT_TYPES = {
     "Single": "singleInstance",
@@ -37,10 +42,34 @@ EVENT_TYPES = {
 
 
 class RawGetItem(GetItem):
-    """GetItem that yields the answer's item elements (and exchangelib's error objects)."""
+    """GetItem that yields the answer's item elements (and exchangelib's error objects).
+
+    The request is built here too: the item shape once per (shape, fields, version) and
+    copied, the ItemIds straight with lxml (exchangelib's generic element building cost
+    ~5 ms per 40-item request)."""
+
+    _shapes: ClassVar[dict[tuple[Any, ...], Any]] = {}  # shape XML by (shape, fields, version)
 
     def _elem_to_obj(self, elem: Any) -> Any:
         return elem
+
+    def get_payload(self, items: Any, additional_fields: Any, shape: Any) -> Any:
+        version = self.account.version
+        key = (shape, frozenset(additional_fields or ()), version.build, version.api_version)
+        shape_xml = self._shapes.get(key)
+        if shape_xml is None:
+            shape_xml = shape_element(
+                tag="m:ItemShape", shape=shape, additional_fields=additional_fields, version=version
+            )
+            self._shapes[key] = shape_xml
+        payload = create_element(f"m:{self.SERVICE_NAME}")
+        payload.append(copy.deepcopy(shape_xml))
+        ids = etree.SubElement(payload, M + "ItemIds")
+        for item in items:
+            item_id, changekey = item if isinstance(item, tuple) else (item.id, item.changekey)
+            attrs = {"Id": item_id, "ChangeKey": changekey} if changekey else {"Id": item_id}
+            etree.SubElement(ids, T + "ItemId", attrs)
+        return payload
 
 
 def _text(elem: Any, tag: str) -> str | None:
@@ -75,8 +104,13 @@ def _person(node: Any) -> tuple[str, str]:
     mailbox = node.find(T + "Mailbox") if node is not None else None
     if mailbox is None:
         return "", ""
-    email = (_text(mailbox, "EmailAddress") or "").strip().lower()
-    return email, (_text(mailbox, "Name") or "").strip()
+    email = name = ""
+    for child in mailbox:  # one pass over Name, EmailAddress, RoutingType, MailboxType
+        if child.tag == T + "EmailAddress":
+            email = (child.text or "").strip().lower()
+        elif child.tag == T + "Name":
+            name = (child.text or "").strip()
+    return email, name
 
 
 def normalize_element(
