@@ -327,9 +327,9 @@ def forward_scenarios(suite: str, args: argparse.Namespace, workdir: Path) -> di
             if scenario != "1" and scenario not in wanted:
                 continue  # scenario 1 always runs: the others start from its OA
             if scenario == "3":
-                singles = tenant.single_ids()
-                step = max(1, round(1 / CHANGED_SHARE))
-                picked = singles[::step][: math.ceil(tenant.total_events * CHANGED_SHARE)]
+                singles = tenant.single_ids()  # edited in place: series stay as they are
+                target = math.ceil(tenant.total_events * CHANGED_SHARE)
+                picked = singles[:: max(1, len(singles) // target)][:target]
                 emu.ask({"op": "touch", "events": picked})
                 out["changed_events"] = len(picked)
             for mode, worker in workers.items():
