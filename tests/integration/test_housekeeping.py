@@ -31,8 +31,11 @@ def ago(days: float) -> dt.datetime:
     return NOW - dt.timedelta(days=days)
 
 
-def integration(name: str, extra: str = "") -> IntegrationConfig:
-    return parse_integration(Path(f"{name}.yaml"), INTEGRATION_YAML + extra)
+def integration(name: str, extra: str = "", oa_connection: str = OA) -> IntegrationConfig:
+    text = INTEGRATION_YAML.replace(
+        f"oa_connection_id: {OA}\n", f"oa_connection_id: {oa_connection}\n"
+    )
+    return parse_integration(Path(f"{name}.yaml"), text + extra)
 
 
 def settings(**kw: Any) -> HousekeepingSettings:
@@ -268,7 +271,7 @@ def test_stale_sync_states(seeded_oa: sa.Engine):
         configs=(
             integration("fwd", scope),
             integration("rev", scope + "direction: reverse\n"),
-            integration("elsewhere", "oa_connection_id: calsync_oa_branch\n"),
+            integration("elsewhere", oa_connection="calsync_oa_branch"),
         ),
         unreadable=frozenset({"broken"}),
     )
