@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 from pathlib import Path
 from typing import Any
@@ -117,9 +116,9 @@ def main() -> int:
             elif op == "touch":
                 answer = {"touched": touch(args.suite, emu, command["events"])}
             elif op == "rss":
-                answer = {
-                    "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-                }
+                from scale_worker import peak_rss_mb  # VmHWM: ru_maxrss is the harness's
+
+                answer = {"peak_rss_mb": round(peak_rss_mb())}
             elif op == "stop":
                 print(json.dumps({"stopped": True}), flush=True)
                 break
