@@ -111,7 +111,7 @@ def airflow_scenario(suite: str, args: argparse.Namespace, workdir: Path) -> dic
         text = integration_yaml(suite, conn_id, ready, args.concurrency).replace(
             f"execution: {{concurrency: {args.concurrency}}}",
             f"execution: {{concurrency: {args.concurrency}, per_user_task_limit: "
-            f"{min(batch_size, 1000)}, batch_size: {batch_size}, retries: 0}}",
+            f"{min(batch_size, 1000)}, batch_size: {batch_size}, retries: 2, retry_delay_s: 5}}",
         )
         (include / "integrations" / f"{integration}.yaml").write_text(text + "schedule: null\n")
         # A fresh deployment runs the housekeeping DAG at once (its latest cron slot): not now.
