@@ -229,7 +229,7 @@ def make_oa(kind: str, users: int, workdir: Path) -> tuple[Any, str]:
     if kind == "sqlite":
         url = f"sqlite:///{workdir / 'oa.db'}"
     else:
-        name = f"calsync_bench_{secrets.token_hex(4)}"
+        name = f"calsync_fwdbench_{secrets.token_hex(4)}"
         admin = sa.create_engine(ADMIN_URLS[kind], isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             quoted = f'"{name}"' if kind == "postgresql" else f"`{name}`"

@@ -8,6 +8,7 @@ nothing of it does (and a single ``failed`` record says why).
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -802,6 +803,23 @@ def log_row(
         "title": None,
         "message": message[:4000],
     }
+
+
+def refresh_link_statistics(engine: sa.Engine) -> None:
+    """PostgreSQL: ANALYZE the link tables after a bulk load. Without statistics (a fresh
+    table that autovacuum has not analysed yet, or autovacuum off) the planner takes
+    ``integration_id = … AND identity_key IN (…)`` for selective on its first column and
+    scans every meeting of the integration per mailbox: a first sync of thousands of
+    mailboxes slows down as the table grows (50-500 ms per lookup at 50,000 meetings against
+    ~1 ms with statistics). Other databases need nothing."""
+    if engine.dialect.name != "postgresql":
+        return
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"ANALYZE {t.meetings.name}, {t.links.name}")
+    except sa.exc.SQLAlchemyError as exc:  # an optimisation only: the sync goes on without
+        first_line = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        logging.getLogger(__name__).warning("could not ANALYZE the link tables: %s", first_line)
 
 
 # --- change-feed state (E7) --------------------------------------------------------------

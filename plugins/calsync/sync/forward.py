@@ -357,9 +357,14 @@ def _write_error(exc: Exception) -> str:
 
 # Group commit: the writer takes every read mailbox waiting, up to these limits, into one
 # transaction. Fewer mailboxes wait when reads are the slower side (nothing is held back
-# to fill a group); when the OA is, groups grow and commits get rarer.
+# to fill a group); when the OA is, groups grow and commits get rarer. Groups start at one
+# mailbox and may double each time (slow start): the first mailboxes of a run are durable
+# at once, and a small run keeps a commit per mailbox or two.
 GROUP_MAILBOXES = 50
 GROUP_EVENTS = 4000
+# Links made by a run before the link tables' statistics are refreshed, then 4× as many
+# each time (store.refresh_link_statistics: a first sync is a bulk load).
+ANALYZE_AFTER_LINKS = 2000
 
 
 MARKER_LOOKUPS = 20  # per mailbox and run (E11: see _complete_markers)
@@ -448,6 +453,9 @@ async def sync_users(
                     events = changes.events
                     if changes.removed and not getattr(connector, "markers_in_changes", True):
                         await _complete_markers(connector, user.mailbox, events)
+                # queued before the slot is given up: a full queue stops reading, so only
+                # the in-flight mailboxes' events are ever held
+                await ready.put(ReadMailbox(user, events, changes))
         except AccountMissing as exc:  # F21: skipped with a clear record, not a failure
             await loop.run_in_executor(writer, _log_user, engine, run, user, "skipped", str(exc))
             result.counts = {"skipped": 1}
@@ -463,29 +471,33 @@ async def sync_users(
         except Exception as exc:  # one user's surprise never stops the others
             log.exception("mailbox %s: unexpected error while reading", user.mailbox)
             await failed(user, f"{type(exc).__name__}: {exc}")
-            return
-        await ready.put(ReadMailbox(user, events, changes))
 
     async def write() -> None:
-        done = False
+        done, limit = False, 1
+        linked, analyze_at = 0, ANALYZE_AFTER_LINKS
         while not done:
             item = await ready.get()
             if item is None:
                 break
             group, size = [item], len(item.events)
-            while len(group) < GROUP_MAILBOXES and size < GROUP_EVENTS and not ready.empty():
+            while len(group) < limit and size < GROUP_EVENTS and not ready.empty():
                 item = ready.get_nowait()
                 if item is None:
                     done = True
                     break
                 group.append(item)
                 size += len(item.events)
+            limit = min(GROUP_MAILBOXES, 2 * limit)
             outcomes = await loop.run_in_executor(writer, apply_group, engine, settings, group)
             for mailbox_read, outcome in zip(group, outcomes, strict=True):
                 if isinstance(outcome, Exception):
                     await failed(mailbox_read.user, _write_error(outcome))
                 else:
                     results[mailbox_read.user.mailbox].counts = outcome
+                    linked += outcome.get("created", 0) + outcome.get("linked", 0)
+            if linked >= analyze_at:
+                analyze_at *= 4
+                await loop.run_in_executor(writer, store.refresh_link_statistics, engine)
 
     async def read_all() -> None:
         try:

@@ -89,10 +89,15 @@ class Prepared:
     error: str | None = None
     owner_mailbox: str = ""
     notes: list[str] = field(default_factory=list)  # worth a sync-log line when written
+    _hash: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def hash(self) -> str:
-        return self.data.content_hash() if self.data else ""
+        """The content hash of ``data`` (computed once: planning and writing ask for it
+        several times per event)."""
+        if self._hash is None:
+            self._hash = self.data.content_hash() if self.data else ""
+        return self._hash
 
 
 @dataclass(slots=True)
