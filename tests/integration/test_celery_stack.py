@@ -218,9 +218,19 @@ def test_forward_and_reverse_sync_on_celery_postgres_redis(stack, oa, graph) -> 
                     sa.text("SELECT status, count(*) FROM celery_taskmeta GROUP BY 1")
                 ).all()
             )
+            failures = [
+                str(tb)[-1500:]
+                for (tb,) in conn.execute(
+                    sa.text("SELECT traceback FROM celery_taskmeta WHERE status = 'FAILURE'")
+                )
+            ]
     finally:
         meta.dispose()
-    assert results.get("SUCCESS", 0) >= len(tis) + 1 and "FAILURE" not in results, results
+    assert results.get("SUCCESS", 0) >= len(tis) + 1 and "FAILURE" not in results, (
+        results,
+        failures,
+        stack_.tail("worker", 4000),
+    )
     assert stack_.worker_name in stack_.tail("worker", 1_000_000)
 
     # --- clean stop ------------------------------------------------------------------------
