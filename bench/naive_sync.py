@@ -29,7 +29,7 @@ from calsync.model import OAUser, SuiteEvent, Window
 from calsync.oa import outbox, store
 from calsync.oa import schema as t
 from calsync.sync.forward import build_context
-from calsync.sync.plan import Prepared, event_extent
+from calsync.sync.plan import Prepared
 from calsync.sync.prepare import prepare_event
 
 GRAPH_PAGE = 100  # a typical $top; the connector pages the same way
@@ -222,18 +222,7 @@ def _write_event(
             t.links.c.suite_id == event.suite_id,
         )
     ).first()
-    start_utc, end_utc, start_date, end_date = event_extent(event)
-    link_values = {
-        "suite_id": event.suite_id,
-        "ical_uid": event.ical_uid[:400],
-        "identity_key": event.identity_key[:400],
-        "change_key": event.change_key[:200],
-        "content_hash": item.hash,
-        "event_start_utc": start_utc,
-        "event_end_utc": end_utc,
-        "event_start_date": start_date,
-        "event_end_date": end_date,
-    }
+    link_values = store._link_values(item)  # the same link row calsync writes
     schedule = {
         "title": data.title[:500],
         "start_utc": data.start.replace(tzinfo=None) if data.start else None,

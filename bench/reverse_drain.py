@@ -41,7 +41,6 @@ import json
 import os
 import random
 import resource
-import secrets
 import subprocess
 import sys
 import tempfile
@@ -54,10 +53,11 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
 
+from bench_oa import create_oa, drop_oa  # noqa: E402
+
 ZONE = "Asia/Shanghai"
 CONN_ID = "calsync_bench_reverse"
 DOMAIN = "contoso.com"
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 def log_to(path: Path) -> Any:
@@ -132,30 +132,6 @@ class Emulator:
 
 
 # --- the OA -------------------------------------------------------------------------------
-
-
-def create_oa(kind: str, workdir: Path) -> str:
-    if kind == "sqlite":
-        return f"sqlite:///{workdir / 'oa.db'}"
-    import sqlalchemy as sa
-
-    name = f"calsync_bench_{secrets.token_hex(4)}"
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE \"{name}\" ENCODING 'UTF8'")
-    admin.dispose()
-    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-
-
-def drop_oa(url: str) -> None:
-    if not url.startswith("postgresql"):
-        return
-    import sqlalchemy as sa
-
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
-    admin.dispose()
 
 
 def user_mail(u: int) -> str:

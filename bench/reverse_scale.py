@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scale import GRAPH_MAILBOX_LIMIT, Child, create_oa, drop_oa, integration_yaml, suite_limit
+from bench_oa import create_oa, drop_oa
+from scale import GRAPH_MAILBOX_LIMIT, Child, integration_yaml, suite_limit
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"

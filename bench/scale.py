@@ -33,7 +33,6 @@ import argparse
 import json
 import math
 import os
-import secrets
 import subprocess
 import sys
 import tempfile
@@ -45,7 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT), str(BENCH)]
 
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+from bench_oa import create_oa, drop_oa  # noqa: E402
+
 SUITES = ("graph", "exchange", "alimail")
 TYPES = {"graph": "office365_global", "exchange": "exchange", "alimail": "alimail_v2"}
 GRAPH_MAILBOX_LIMIT = 4  # Graph: concurrent requests per mailbox
@@ -102,30 +102,6 @@ class Child:
 
 
 # --- the OA -----------------------------------------------------------------------------
-
-
-def create_oa(kind: str, workdir: Path, name: str) -> str:
-    if kind == "sqlite":
-        return f"sqlite:///{workdir / f'{name}.db'}"
-    import sqlalchemy as sa
-
-    db = f"calsync_bench_{secrets.token_hex(4)}"
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE \"{db}\" ENCODING 'UTF8'")
-    admin.dispose()
-    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}"
-
-
-def drop_oa(url: str) -> None:
-    if not url.startswith("postgresql"):
-        return
-    import sqlalchemy as sa
-
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
-    admin.dispose()
 
 
 def prepare_oa(url: str, tenant: Any) -> None:
