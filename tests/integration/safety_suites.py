@@ -143,10 +143,11 @@ class Suite:
 
     def subjects(self, mailbox: str) -> list[str]:
         """Subjects of the events stored in the mailbox (series once)."""
-        raise NotImplementedError
+        return sorted(str(e.get("subject", "")) for e in self.stored(mailbox))
 
     def stored(self, mailbox: str) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        """The emulator's own records of the mailbox's events."""
+        return list(self.server.store.events(mailbox))
 
     def times(self, mailbox: str, subject: str) -> Stored:
         """When the stored event (not a series) is, read from the emulator's own record."""
@@ -252,12 +253,6 @@ class GraphSuite(Suite):
                 node["status"] = {"response": response, "time": "2026-01-01T00:00:00Z"}
         self.server.store.update_event(mailbox, suite_id, {"attendees": attendees})
 
-    def stored(self, mailbox: str) -> list[dict[str, Any]]:
-        return list(self.server.store.events(mailbox))
-
-    def subjects(self, mailbox: str) -> list[str]:
-        return sorted(str(e.get("subject", "")) for e in self.stored(mailbox))
-
     def writes(self) -> dict[str, int]:
         kinds = self.server.stats.snapshot()["by_kind"]
         return {
@@ -349,12 +344,6 @@ class ExchangeSuite(Suite):
     def room_responds(self, mailbox: str, suite_id: str, response: str) -> None:
         reply = {"accepted": "Accept", "declined": "Decline"}[response]
         self.server.store.record_response(mailbox, suite_id, ROOM, reply)
-
-    def stored(self, mailbox: str) -> list[dict[str, Any]]:
-        return list(self.server.store.events(mailbox))
-
-    def subjects(self, mailbox: str) -> list[str]:
-        return sorted(str(e.get("subject", "")) for e in self.stored(mailbox))
 
     def writes(self) -> dict[str, int]:
         ops = self.server.stats.snapshot()["by_operation"]
@@ -451,12 +440,6 @@ class AlimailSuite(Suite):
             if node["email"].lower() == ROOM:
                 node["status"] = {"response": response}
         self.server.store.update_event(mailbox, suite_id, {"attendees": attendees})
-
-    def stored(self, mailbox: str) -> list[dict[str, Any]]:
-        return list(self.server.store.events(mailbox))
-
-    def subjects(self, mailbox: str) -> list[str]:
-        return sorted(str(e.get("subject", "")) for e in self.stored(mailbox))
 
     def writes(self) -> dict[str, int]:
         kinds = self.server.stats.snapshot()["by_kind"]
