@@ -7,8 +7,6 @@ fails the records it is applied to — each in bounded time, with nothing writte
 
 from __future__ import annotations
 
-import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import sqlalchemy as sa
 from calsync.oa import schema as t
 from calsync.oa.seed import seed_demo
 from tests.badinput.corpus import SHIPPED_MAPPINGS, Case, cases, patched_library
+from tests.deadline import deadline
 from tests.integration.conftest import INTEGRATION_YAML, ForwardRunner
 
 INTEGRATION_CASES = cases("integrations")
@@ -35,22 +34,11 @@ def ids(items: list[Case]) -> list[str]:
 @pytest.fixture
 def bounded() -> Iterator[None]:
     """Fail (instead of hanging) past 20 s; the case itself must finish within 5 s."""
-
-    def on_alarm(signum: int, frame: object) -> None:
-        pytest.fail("the bad input was still being processed after 20 s")
-
     import calsync.airflow.dag_loader
     import calsync.airflow.forward_dag  # noqa: F401  (Airflow's first import is not the case's)
 
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(20)
-    started = time.monotonic()
-    try:
+    with deadline(20, 5, "the bad input was still being processed after 20 s"):
         yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-    assert time.monotonic() - started < 5
 
 
 def include_with(tmp_path: Path, mappings: Path | None = None) -> Path:

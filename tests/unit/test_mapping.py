@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-import signal
-import time
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +24,7 @@ from calsync.mapping.records import (
     reverse_record,
 )
 from calsync.model import Attendee, OAUser, SuiteEvent
+from tests.deadline import deadline
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "include" / "mappings"
@@ -866,19 +865,8 @@ ESCAPES = [
 @pytest.fixture
 def wall_clock() -> Iterator[None]:
     """Fail (instead of hanging) past 10 s; and the attempt itself must stay under 5 s."""
-
-    def on_alarm(signum: int, frame: object) -> None:
-        pytest.fail("the expression ran for more than 10 s")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(10)
-    started = time.monotonic()
-    try:
+    with deadline(10, 5, "the expression ran for more than 10 s"):
         yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-    assert time.monotonic() - started < 5
 
 
 @pytest.mark.parametrize("expression", ESCAPES)
