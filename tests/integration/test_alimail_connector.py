@@ -424,6 +424,26 @@ def test_wait_budget_is_per_operation_not_per_request(
     assert alimail.stats["retry_after_violations"] == 0
 
 
+def test_retry_after_outlives_an_operation_that_gave_up(
+    alimail: AlimailEmulator, alimail_connector: Factory
+) -> None:
+    """A 429 whose operation ran out of budget still holds its mailbox: the mailbox's next
+    request (another operation, another schedule's change) waits out the Retry-After, and
+    another mailbox is not held back by it."""
+    connector = alimail_connector(policy=RetryPolicy(max_total_wait_s=0.1))
+    http = connector.http
+    alimail.faults.update(retry_after_s=0.6)
+    alimail.faults.fail_next = [FailSpec(f"/users/{A}/calendars", 429)]
+    with pytest.raises(ConnectorError, match=r"Retry-After 0\.6s"):
+        http.call("calendars", "GET", f"/v2/users/{A}/calendars")
+    refused = time.monotonic()
+    assert http.call("calendars", "GET", f"/v2/users/{B}/calendars")[0] == 200
+    assert time.monotonic() - refused < 0.5  # B is not A's Retry-After
+    assert http.call("calendars", "GET", f"/v2/users/{A}/calendars")[0] == 200
+    assert time.monotonic() - refused >= 0.6
+    assert alimail.stats["retry_after_violations"] == 0
+
+
 def test_5xx_then_success(alimail: AlimailEmulator, alimail_connector: Factory) -> None:
     alimail.store.add_event(A, timed("x", "2026-12-02T09:00:00", "2026-12-02T10:00:00"))
     alimail.faults.update(retry_after_s=None)

@@ -115,11 +115,14 @@ class MailboxLocks:
     """One request in flight per mailbox, retries included. Alibaba's Retry-After holds for
     the (app, mailbox), not only for the request it answered: a second thread's request to
     the mailbox, sent while the first sleeps out its Retry-After, would come too early (the
-    Graph connector holds its mailboxes the same way)."""
+    Graph connector holds its mailboxes the same way). A Retry-After outlives the request
+    that was given it when its retries run out: the mailbox's next request, whichever
+    operation sends it, waits for it too (``defer``)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
+        self._not_before: dict[str, float] = {}  # monotonic time of the mailbox's next request
 
     @contextlib.contextmanager
     def hold(self, mailbox: str | None) -> Iterator[None]:
@@ -129,7 +132,19 @@ class MailboxLocks:
         with self._lock:
             lock = self._locks.setdefault(mailbox, threading.Lock())
         with lock:
+            with self._lock:
+                wait = self._not_before.pop(mailbox, 0.0) - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
             yield
+
+    def defer(self, mailbox: str | None, seconds: float) -> None:
+        """The mailbox's next request goes no earlier than ``seconds`` from now."""
+        if mailbox is None:
+            return
+        with self._lock:
+            until = time.monotonic() + seconds
+            self._not_before[mailbox] = max(self._not_before.get(mailbox, 0.0), until)
 
 
 _MAILBOX_IN_PATH = re.compile(r"^/v2/users/([^/]+)")
@@ -337,7 +352,7 @@ class AlimailHttp:
             found = _MAILBOX_IN_PATH.match(path)
             mailbox = found.group(1) if found else None
             with self.mailboxes.hold(mailbox):
-                response = self._with_retries(kind, send, idempotent=idempotent)
+                response = self._with_retries(kind, send, idempotent=idempotent, mailbox=mailbox)
             if response.status_code == 401 and not refreshed:
                 # Expired or revoked before its time: renew once and send again.
                 self.tokens.invalidate(token)
@@ -361,7 +376,12 @@ class AlimailHttp:
             raise ApiError(response.status_code, code, message, rid)
 
     def _with_retries(
-        self, kind: str, send: Callable[[], requests.Response], *, idempotent: bool
+        self,
+        kind: str,
+        send: Callable[[], requests.Response],
+        *,
+        idempotent: bool,
+        mailbox: str | None = None,
     ) -> requests.Response:
         """Send until the answer is not retriable, honouring Retry-After within the policy's
         total wait. Non-idempotent requests are re-sent only after a refusal (429/503)."""
@@ -394,13 +414,14 @@ class AlimailHttp:
                 if status not in RETRIABLE_STATUSES:
                     return response
                 code, _, _ = wire.error_fields(_json(response))
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                if retry_after is not None:  # held for the mailbox, whether or not we retry
+                    self.mailboxes.defer(mailbox, retry_after + RETRY_AFTER_SLACK_S)
                 if not idempotent and status not in REFUSED_STATUSES:
                     raise AmbiguousWrite(
                         f"Alibaba Mail {kind}: HTTP {status} {code}".strip(), status=status
                     )
-                failure = Throttled(
-                    status, code, parse_retry_after(response.headers.get("Retry-After"))
-                )
+                failure = Throttled(status, code, retry_after)
                 response.close()
             delay = self.policy.delay(attempt, failure.retry_after)
             if attempt >= self.policy.max_attempts or waited + delay > self.policy.max_total_wait_s:
