@@ -261,7 +261,12 @@ def worker_main(args: argparse.Namespace) -> int:
 
     out = log_to(Path(args.log))
     engine = engine_from_url(args.worker)
-    config = integration(args)
+    if args.config_file:  # the scale benchmark's integration (any suite)
+        from calsync.config import parse_integration
+
+        config = parse_integration(args.config_file, args.config_file.read_text())
+    else:
+        config = integration(args)
     print("ready", file=out, flush=True)
     sys.stdin.readline()
     summary, wall = run_drain(engine, config, worker=f"bench-{os.getpid()}")
@@ -282,14 +287,19 @@ def worker_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_drains(url: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]], float]:
+def run_drains(
+    url: str, args: argparse.Namespace, config_file: Path | None = None
+) -> tuple[list[dict[str, Any]], float]:
     """``--drains`` processes draining the same outbox at once; wall time from their common
-    start to the last one's end (start-up and imports not counted)."""
+    start to the last one's end (start-up and imports not counted). ``config_file``: the
+    integration they drain (default: this bench's Graph one)."""
     import queue
     import threading
 
     argv = [sys.executable, __file__, "--worker", url, "--concurrency", str(args.concurrency)]
     argv += ["--log", str(args.log)]
+    if config_file is not None:
+        argv += ["--config-file", str(config_file)]
     procs = [
         subprocess.Popen(
             argv,
@@ -389,6 +399,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--log", type=Path, help="the drains' log (default: in a temp dir)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: a drain process
+    parser.add_argument("--config-file", type=Path, help=argparse.SUPPRESS)  # internal
     args = parser.parse_args()
     if args.worker:
         return worker_main(args)

@@ -173,16 +173,34 @@ def reverse_scenario(suite: str, args: argparse.Namespace, workdir: Path) -> dic
         ready = emu.read()
         conn_id = f"calsync_bench_{suite}_reverse"
         os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = ready["airflow_conn_json"]
-        yaml_text = integration_yaml(suite, conn_id, ready, 4, direction="reverse")
-        config = parse_integration(Path(f"bench_{suite}_reverse.yaml"), yaml_text)
+        yaml_text = integration_yaml(
+            suite, conn_id, ready, args.reverse_concurrency, direction="reverse"
+        )
+        config_file = workdir / f"bench_{suite}_reverse.yaml"
+        config_file.write_text(yaml_text)
+        config = parse_integration(config_file, yaml_text)
         library = MappingLibrary.load(ROOT / "include" / "mappings")
         urls.append(create_oa(args.oa, workdir, f"{suite}_reverse"))
         engine = _seed(urls[0], args, args.changes)
         before = emu.ask({"op": "stats"})
-        with stdout_to(workdir / f"{suite}_reverse_drain.log"):
-            summary, wall = reverse_drain.run_drain(engine, config)
+        drains = args.processes  # drain processes sharing the outbox, as several workers
+        log = workdir / f"{suite}_reverse_drain.log"
+        if drains == 1:
+            with stdout_to(log):
+                summary, wall = reverse_drain.run_drain(engine, config)
+            reports = [summary["integrations"][0]]
+            rss = [round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)]
+        else:
+            spec = argparse.Namespace(drains=drains, concurrency=args.reverse_concurrency, log=log)
+            results, wall = reverse_drain.run_drains(urls[0], spec, config_file)
+            reports = [r["summary"]["integrations"][0] for r in results]
+            rss = [round(r["rss_kb"] / 1024) for r in results]
         after = emu.ask({"op": "stats"})
-        [report] = summary["integrations"]
+        report: dict[str, Any] = {"counts": {}, "errors": []}
+        for one in reports:
+            for key, value in one["counts"].items():
+                report["counts"][key] = report["counts"].get(key, 0) + value
+            report["errors"] += one["errors"]
         requests = after["requests"] - before["requests"]
         allowed = args.users * GRAPH_MAILBOX_LIMIT if suite == "graph" else limit
         floor = round(-(-args.changes // allowed) * args.latency_ms / 1000, 2)
@@ -194,7 +212,9 @@ def reverse_scenario(suite: str, args: argparse.Namespace, workdir: Path) -> dic
             "throttled": after["throttled"] - before["throttled"],
             "counts": report["counts"],
             "errors": report["errors"][:3],
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "peak_rss_mb": max(rss),
+            "drain_processes": drains,
+            "execution_concurrency": args.reverse_concurrency,
             "allowed_concurrency": allowed,
             "floor_s": floor,
             "x_floor": round(wall / floor, 1) if floor else None,

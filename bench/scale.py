@@ -82,10 +82,13 @@ class Child:
                 return json.loads(line)
         raise SystemExit(f"{self.proc.args[1]} ended early; see {self.log.name}")
 
-    def ask(self, message: dict[str, Any]) -> Any:
+    def send(self, message: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(message) + "\n")
         self.proc.stdin.flush()
+
+    def ask(self, message: dict[str, Any]) -> Any:
+        self.send(message)
         return self.read()
 
     def stop(self) -> None:
@@ -259,7 +262,7 @@ def forward_scenarios(suite: str, args: argparse.Namespace, workdir: Path) -> di
         workdir / f"{suite}_emulator.log",
     )
     urls: dict[str, str] = {}
-    workers: dict[str, Child] = {}
+    workers: dict[str, list[Child]] = {}
     out: dict[str, Any] = {"limit": limit}
     try:
         ready = emu.read()
@@ -290,11 +293,28 @@ def forward_scenarios(suite: str, args: argparse.Namespace, workdir: Path) -> di
                 "ca_file": ready["ca_file"],
                 "mailboxes": sorted(sampled) if mode == "naive" and sampled else None,
             }
-            workers[mode] = Child(
-                [sys.executable, str(BENCH / "scale_worker.py"), json.dumps(job)],
-                workdir / f"{suite}_{mode}.log",
+            # --processes P: the engine's users split over P processes, as P mapped tasks
+            # of one DAG run share a tenant (parallelism P); the naive baseline is one process.
+            shares = (
+                [None]
+                if mode == "naive" or args.processes == 1
+                else [
+                    sorted(user_mail(u) for u in range(k, args.users, args.processes))
+                    for k in range(args.processes)
+                ]
             )
-        for worker in workers.values():
+            workers[mode] = [
+                Child(
+                    [
+                        sys.executable,
+                        str(BENCH / "scale_worker.py"),
+                        json.dumps(job | ({"mailboxes": share} if share else {})),
+                    ],
+                    workdir / f"{suite}_{mode}_{k}.log",
+                )
+                for k, share in enumerate(shares)
+            ]
+        for worker in (w for group in workers.values() for w in group):
             if worker.read() != "ready":
                 raise SystemExit("a sync worker did not start")
         runs: dict[str, dict[str, Any]] = {}
@@ -308,9 +328,11 @@ def forward_scenarios(suite: str, args: argparse.Namespace, workdir: Path) -> di
                 picked = singles[:: max(1, len(singles) // target)][:target]
                 emu.ask({"op": "touch", "events": picked})
                 out["changed_events"] = len(picked)
-            for mode, worker in workers.items():
+            for mode, group in workers.items():
                 before = emu.ask({"op": "stats"})
-                result = worker.ask({"label": labels[scenario], "incremental": True})
+                for worker in group:  # all at once: they run side by side
+                    worker.send({"label": labels[scenario], "incremental": True})
+                result = combined([worker.read() for worker in group])
                 after = emu.ask({"op": "stats"})
                 by_kind = {
                     k: v - before["by_kind"].get(k, 0)
@@ -345,11 +367,32 @@ def forward_scenarios(suite: str, args: argparse.Namespace, workdir: Path) -> di
         out["floor"] = floors(suite, args.users, args.events, args.latency_ms / 1000, limit)
         return out
     finally:
-        for worker in workers.values():
+        for worker in (w for group in workers.values() for w in group):
             worker.stop()
         emu.stop()
         for url in urls.values():
             drop_oa(url)
+
+
+def combined(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One sync's figures from its worker processes' (started together): the slowest one's
+    wall time, summed counts, the largest process's peak RSS and the sum over processes."""
+    if len(results) == 1:
+        return results[0]
+    counts: dict[str, int] = {}
+    for result in results:
+        for key, value in result["counts"].items():
+            counts[key] = counts.get(key, 0) + value
+    return {
+        "wall_s": max(r["wall_s"] for r in results),
+        "counts": counts,
+        "failed_users": sum(r["failed_users"] for r in results),
+        "errors": [e for r in results for e in r["errors"]][:3],
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
+        "processes": len(results),
+        "process_wall_s": [r["wall_s"] for r in results],
+        "peak_rss_mb_total": sum(r["peak_rss_mb"] for r in results),
+    }
 
 
 # --- the table ----------------------------------------------------------------------------
@@ -360,6 +403,7 @@ def table(report: dict[str, Any]) -> list[str]:
         f"calsync scale benchmark: {report['users']} users × {report['events']} events "
         f"({report['users'] * report['events']:,} events), OA {report['oa']}, latency "
         f"{report['latency_ms']:g} ms, execution.concurrency {report['concurrency']}, "
+        f"sync processes {report.get('processes', 1)}, "
         f"tenant limit {report['tenant_limit'] or TENANT_LIMITS}",
         f"{'suite':9} {'scenario':22} {'calsync s':>10} {'ev/s':>8} {'requests':>9} "
         f"{'RSS MB':>7} {'naive s':>9} {'naive req':>9} {'× naive':>8} {'floor s':>8} "
@@ -428,7 +472,22 @@ def main() -> int:
     parser.add_argument(
         "--tenant-limit", type=int, help="EWS/Alibaba per tenant (default: 27 / 16)"
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="scenarios 1-3: the users split over this many sync processes (as that many "
+        "mapped tasks run side by side); scenario 4: this many drain processes share the "
+        "outbox (as several workers' reverse runs); 1: one process does it all",
+    )
     parser.add_argument("--changes", type=int, default=10_000, help="scenario 4")
+    parser.add_argument(
+        "--reverse-concurrency",
+        type=int,
+        default=16,
+        help="scenario 4: execution.concurrency of the reverse integration (× 4 requests "
+        "per mailbox in flight)",
+    )
     parser.add_argument("--parallelism", type=int, default=4, help="scenario 6")
     parser.add_argument("--batch-size", type=int, help="scenario 6 (default: one wave)")
     parser.add_argument("--airflow-timeout-s", type=float, default=900, help="scenario 6")
@@ -452,6 +511,7 @@ def main() -> int:
         "latency_ms": args.latency_ms,
         "oa": args.oa,
         "concurrency": args.concurrency,
+        "processes": args.processes,
         "tenant_limit": args.tenant_limit,
         "scenarios": sorted(args.scenarios),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -35,13 +35,25 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def engine_run(engine: Any, config: Any, library: Any, window: Any, label: str, incr: bool) -> Any:
+def engine_run(
+    engine: Any,
+    config: Any,
+    library: Any,
+    window: Any,
+    label: str,
+    incr: bool,
+    only: set[str] | None = None,
+) -> Any:
+    """One task's sync of the users in scope (``only``: this worker's share of them, as a
+    mapped task gets its batch)."""
     from calsync.connectors.base import connector_for
     from calsync.oa import store
     from calsync.sync.forward import sync_users
 
     with engine.connect() as conn:
         users = store.resolve_scope(conn, config.scope, config.binding).users
+    if only is not None:
+        users = [u for u in users if u.mailbox in only]
 
     async def go() -> list[Any]:
         async with connector_for(config) as connector:
@@ -98,14 +110,14 @@ def main() -> int:
         step = json.loads(line)
         if step.get("stop"):
             break
+        only = set(job["mailboxes"]) if job.get("mailboxes") else None
         if reader is not None:
             run = store.RunInfo(config.id, "bench_naive", step["label"])
-            only = set(job["mailboxes"]) if job.get("mailboxes") else None
             result = naive_sync.naive_sync(engine, config, library, reader, window, run, only)
             wall, counts, failed, errors = result.wall_s, result.counts, result.failed, []
         else:
             wall, counts, failed, errors = engine_run(
-                engine, config, library, window, step["label"], step["incremental"]
+                engine, config, library, window, step["label"], step["incremental"], only
             )
         rss = peak_rss_mb()
         print(

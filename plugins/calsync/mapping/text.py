@@ -4,6 +4,7 @@ removal, length limits and the conversion of formula results to strings."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from html.parser import HTMLParser
 
@@ -88,6 +89,23 @@ def looks_like_html(text: str) -> bool:
 def strip_html(html: str) -> str:
     """HTML to readable plain text: tags removed (the content of script/style/head too),
     entities decoded, paragraphs and line breaks kept as newlines, whitespace tidied."""
+    html = str(html)
+    if len(html) <= _CACHED_HTML_MAX:
+        return _strip_html_cached(html)
+    return _strip_html(html)
+
+
+# A meeting's body reaches calsync once per attendee mailbox holding a copy, and again on
+# every full read: the parse (pure Python) is remembered for bodies of ordinary size.
+_CACHED_HTML_MAX = 64 * 1024
+
+
+@functools.lru_cache(maxsize=4096)
+def _strip_html_cached(html: str) -> str:
+    return _strip_html(html)
+
+
+def _strip_html(html: str) -> str:
     parser = _TextExtractor()
     parser.feed(str(html)[:MAX_HTML_INPUT])
     parser.close()

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from calsync.config import Binding, Scope
 from calsync.model import OAUser, ScheduleData
-from calsync.oa import outbox
+from calsync.oa import bulk, outbox
 from calsync.oa import schema as t
 from calsync.sync.plan import (
     Create,
@@ -367,17 +367,14 @@ class _PlanWrites:
                 )
             for sid, data in self.schedule_updates:
                 participants.extend(_participant_rows(sid, data))
-        if participants:
-            conn.execute(sa.insert(t.participants), participants)
-        if self.meeting_inserts:
-            conn.execute(sa.insert(t.meetings), self.meeting_inserts)
+        bulk.insert_rows(conn, t.participants, participants)
+        bulk.insert_rows(conn, t.meetings, self.meeting_inserts)
         for keys in sorted({tuple(sorted(row)) for row in self.meeting_updates}):
             conn.execute(
                 sa.update(t.meetings).where(t.meetings.c.id == sa.bindparam("b_id")),
                 [row for row in self.meeting_updates if tuple(sorted(row)) == keys],
             )
-        if self.link_inserts:
-            conn.execute(sa.insert(t.links), self.link_inserts)
+        bulk.insert_rows(conn, t.links, self.link_inserts)
         if self.link_updates:
             conn.execute(
                 sa.update(t.links).where(t.links.c.id == sa.bindparam("b_id")), self.link_updates
@@ -410,8 +407,8 @@ def _insert_schedules(conn: sa.Connection, rows: list[dict[str, Any]]) -> list[i
             .scalars()
             .all()
         )
-        conn.execute(
-            sa.insert(t.schedules), [{**row, "id": i} for row, i in zip(rows, ids, strict=True)]
+        bulk.insert_rows(
+            conn, t.schedules, [{**row, "id": i} for row, i in zip(rows, ids, strict=True)]
         )
         return list(ids)
     insert = sa.insert(t.schedules).returning(t.schedules.c.id, sort_by_parameter_order=True)
@@ -776,8 +773,7 @@ def _drop(conn: sa.Connection, action: Drop, run: RunInfo, log: Any) -> None:
 
 
 def write_logs(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        conn.execute(sa.insert(t.sync_log), rows)
+    bulk.insert_rows(conn, t.sync_log, rows)
 
 
 def log_row(
@@ -867,24 +863,50 @@ def save_sync_state(
     """Store (insert or replace) a mailbox's state inside the caller's transaction, so it
     lands together with the OA changes it stands for. A concurrent insert of the same mailbox
     raises IntegrityError (the caller re-plans)."""
-    values = {
-        "window_start": window_start,
-        "window_end": window_end,
-        "state": state,
-        "updated_at": utcnow(),
-    }
-    updated = conn.execute(
-        sa.update(t.sync_state)
-        .where(
-            t.sync_state.c.integration_id == integration_id,
-            t.sync_state.c.mailbox == mailbox,
+    save_sync_states(conn, integration_id, window_start, window_end, {mailbox: state})
+
+
+def save_sync_states(
+    conn: sa.Connection,
+    integration_id: str,
+    window_start: dt.date,
+    window_end: dt.date,
+    states: dict[str, str],
+) -> None:
+    """:func:`save_sync_state` for several mailboxes at once (a group commit's): one query
+    for which exist, one executemany of updates, one bulk insert of the rest."""
+    if not states:
+        return
+    values = {"window_start": window_start, "window_end": window_end, "updated_at": utcnow()}
+    wanted = sorted(states)
+    existing: set[str] = set()
+    for chunk in outbox.chunks(wanted):
+        existing.update(
+            conn.execute(
+                sa.select(t.sync_state.c.mailbox).where(
+                    t.sync_state.c.integration_id == integration_id,
+                    t.sync_state.c.mailbox.in_(chunk),
+                )
+            ).scalars()
         )
-        .values(**values)
-    )
-    if not updated.rowcount:
+    updates = [{"b_mailbox": m, "state": states[m], **values} for m in wanted if m in existing]
+    if updates:
         conn.execute(
-            sa.insert(t.sync_state).values(integration_id=integration_id, mailbox=mailbox, **values)
+            sa.update(t.sync_state).where(
+                t.sync_state.c.integration_id == integration_id,
+                t.sync_state.c.mailbox == sa.bindparam("b_mailbox"),
+            ),
+            updates,
         )
+    bulk.insert_rows(
+        conn,
+        t.sync_state,
+        [
+            {"integration_id": integration_id, "mailbox": m, "state": states[m], **values}
+            for m in wanted
+            if m not in existing
+        ],
+    )
 
 
 def clear_sync_state(conn: sa.Connection, integration_id: str, mailbox: str | None = None) -> int:

@@ -210,21 +210,37 @@ class ApplySettings:
     confirm_deletes: bool = False
 
 
+@dataclass(slots=True)
+class _Tail:
+    """The writes a transaction makes last, for all its mailboxes at once: sync-log rows
+    and change-feed states (one bulk insert and one upsert per group, not per mailbox)."""
+
+    logs: list[dict[str, Any]] = field(default_factory=list)
+    states: dict[str, str] = field(default_factory=dict)
+
+    def flush(self, conn: sa.Connection, s: ApplySettings) -> None:
+        store.write_logs(conn, self.logs)
+        store.save_sync_states(conn, s.config.id, s.window.start, s.window.end, self.states)
+        self.logs, self.states = [], {}
+
+
 def _apply_in(
     conn: sa.Connection,
     s: ApplySettings,
     read: ReadMailbox,
     prepared: list[Any],
+    tail: _Tail,
 ) -> dict[str, int]:
     """Plan and apply one prepared mailbox inside the caller's transaction (the write origin
-    marker already set); returns the action counts."""
+    marker already set); its sync-log rows and new feed state go to ``tail``, which the
+    caller flushes before it commits. Returns the action counts."""
     user, events, changes = read.user, read.events, read.changes
     removed = changes.removed if changes is not None and not changes.full else None
     state = changes.state if changes is not None else None
     if removed is not None and not prepared and not removed:
         # nothing changed since the stored state: no plan to make, just the new state
         if state:
-            _save_state(conn, s, user, state)
+            tail.states[user.mailbox] = _state_row(s.context, state)
         return {}
     keys = [p.event.identity_key for p in prepared if p.data is not None]
     links, meetings = store.load_mailbox_state(conn, s.config.id, user.mailbox, keys)
@@ -262,22 +278,11 @@ def _apply_in(
             )
         )
         log.warning("mailbox %s: %d deletion(s) held: %s", user.mailbox, count, reason)
-    store.write_logs(conn, logs)
+    tail.logs.extend(logs)
     # A held read keeps the old feed state: the same removals come again next time.
     if state and held is None:
-        _save_state(conn, s, user, state)
+        tail.states[user.mailbox] = _state_row(s.context, state)
     return outcome.counts
-
-
-def _save_state(conn: sa.Connection, s: ApplySettings, user: OAUser, state: str) -> None:
-    store.save_sync_state(
-        conn,
-        s.config.id,
-        user.mailbox,
-        s.window.start,
-        s.window.end,
-        _state_row(s.context, state),
-    )
 
 
 def _prepare(s: ApplySettings, read: ReadMailbox) -> list[Any]:
@@ -298,7 +303,10 @@ def apply_mailbox(
                 engine.begin() as conn,
                 outbox.write_origin(conn, outbox.forward_origin(s.config.id)),
             ):
-                return _apply_in(conn, s, read, prepared)
+                tail = _Tail()
+                counts = _apply_in(conn, s, read, prepared, tail)
+                tail.flush(conn, s)
+                return counts
         except sa.exc.IntegrityError:
             if attempt == APPLY_ATTEMPTS:
                 raise
@@ -331,7 +339,12 @@ def apply_group(
                 engine.begin() as conn,
                 outbox.write_origin(conn, outbox.forward_origin(s.config.id)),
             ):
-                return [_apply_in(conn, s, r, p) for r, p in zip(group, prepared, strict=True)]
+                tail = _Tail()
+                counts = [
+                    _apply_in(conn, s, r, p, tail) for r, p in zip(group, prepared, strict=True)
+                ]
+                tail.flush(conn, s)
+                return counts
         except OA_WRITE_ERRORS as exc:
             log.info(
                 "a group of %d mailboxes failed to apply (%s); applying them one by one",

@@ -51,7 +51,7 @@ from calsync.errors import CalsyncError, ConnectorError, MappingError
 from calsync.mapping.records import reverse_record
 from calsync.mapping.text import looks_like_html
 from calsync.model import Attendee, OAUser, Participant, ScheduleData, SuiteEvent
-from calsync.oa import outbox, store
+from calsync.oa import bulk, outbox, store
 from calsync.oa import schema as t
 from calsync.oa.db import SQLITE_BEGIN_OPTION
 from calsync.oa.rekey import calsync_key_prefix
@@ -291,16 +291,14 @@ class _Rows:
             params = {"_id": link_id, **{f"v_{k}": v for k, v in values.items()}}
             if not conn.execute(_UPDATE_LINK, params).rowcount:
                 new_links.append(insert)
-        if new_links:
-            conn.execute(sa.insert(lk), new_links)
+        bulk.insert_rows(conn, lk, new_links)
         new_meetings = list(self.new_meetings)
         for meeting_id, values, insert in self.meeting_updates:
             if not conn.execute(
                 sa.update(mt).where(mt.c.id == meeting_id).values(**values)
             ).rowcount:
                 new_meetings.append(insert)
-        if new_meetings:
-            conn.execute(sa.insert(mt), new_meetings)
+        bulk.insert_rows(conn, mt, new_meetings)
         for chunk in outbox.chunks(self.spent_tombstones):
             conn.execute(
                 sa.delete(dl).where(
