@@ -196,6 +196,7 @@ class ReadMailbox:
     user: OAUser
     events: list[SuiteEvent]
     changes: ChangeSet | None = None
+    prepared: list[Any] | None = None  # the events mapped (``_prepare``), once done
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,7 +333,7 @@ def apply_group(
     others). If anything fails, the whole group is rolled back and its mailboxes are applied
     again one by one, each in its own transaction: one bad mailbox never takes others with it.
     """
-    prepared = [_prepare(s, read) for read in group]
+    prepared = [read.prepared if read.prepared is not None else _prepare(s, read) for read in group]
     if len(group) > 1:
         try:
             with (
@@ -439,8 +440,11 @@ async def sync_users(
     results = {u.mailbox: UserResult(u.mailbox, u.id, u.name) for u in users}
     semaphore = asyncio.Semaphore(config.execution.concurrency)
     ready: asyncio.Queue[ReadMailbox | None] = asyncio.Queue(maxsize=GROUP_MAILBOXES)
-    # One writer thread: groups are applied one after another while reads go on.
+    # One writer thread: groups are applied one after another while reads go on. A mapper
+    # thread maps each mailbox as it is read (pure CPU), so that work overlaps the writer's
+    # waits on the OA database instead of adding to them.
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="calsync-oa")
+    mapper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="calsync-map")
     loop = asyncio.get_running_loop()
 
     async def failed(user: OAUser, message: str) -> None:
@@ -466,9 +470,11 @@ async def sync_users(
                     events = changes.events
                     if changes.removed and not getattr(connector, "markers_in_changes", True):
                         await _complete_markers(connector, user.mailbox, events)
+                read_box = ReadMailbox(user, events, changes)
+                read_box.prepared = await loop.run_in_executor(mapper, _prepare, settings, read_box)
                 # queued before the slot is given up: a full queue stops reading, so only
                 # the in-flight mailboxes' events are ever held
-                await ready.put(ReadMailbox(user, events, changes))
+                await ready.put(read_box)
         except AccountMissing as exc:  # F21: skipped with a clear record, not a failure
             await loop.run_in_executor(writer, _log_user, engine, run, user, "skipped", str(exc))
             result.counts = {"skipped": 1}
@@ -521,6 +527,7 @@ async def sync_users(
     try:
         await _first_error(read_all(), write())
     finally:
+        mapper.shutdown(wait=True)
         writer.shutdown(wait=True)
     return [results[u.mailbox] for u in users]
 
