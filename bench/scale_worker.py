@@ -35,6 +35,26 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+OA_APPLY_S = [0.0]  # the OA writer thread's busy time in the last engine run
+
+
+def time_oa_writes() -> None:
+    """Time ``apply_group`` (plan and write a group of mailboxes in one OA transaction: all
+    the writer thread does): the run's OA write time, for the goal's "floor + OA writes"."""
+    from calsync.sync import forward
+
+    apply_group = forward.apply_group
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return apply_group(*args, **kwargs)
+        finally:
+            OA_APPLY_S[0] += time.perf_counter() - started
+
+    forward.apply_group = timed
+
+
 def engine_run(
     engine: Any,
     config: Any,
@@ -62,6 +82,7 @@ def engine_run(
                 engine, config, library, connector, users, window, run, incremental=incr
             )
 
+    OA_APPLY_S[0] = 0.0
     started = time.perf_counter()
     results = asyncio.run(go())
     wall = time.perf_counter() - started
@@ -70,7 +91,7 @@ def engine_run(
         for key, value in r.counts.items():
             counts[key] = counts.get(key, 0) + value
     errors = [r.error for r in results if r.error][:3]
-    return wall, counts, sum(1 for r in results if r.error), errors
+    return wall, counts, sum(1 for r in results if r.error), errors, OA_APPLY_S[0]
 
 
 def main() -> int:
@@ -105,6 +126,8 @@ def main() -> int:
             reader = naive_sync.AlimailReader(job["conn_json"], job["endpoint"])
         else:
             reader = naive_sync.ExchangeReader(job["conn_json"], job["ca_file"], config.timezone)
+    if reader is None:
+        time_oa_writes()
     print("ready", flush=True)
     for line in sys.stdin:
         step = json.loads(line)
@@ -115,8 +138,9 @@ def main() -> int:
             run = store.RunInfo(config.id, "bench_naive", step["label"])
             result = naive_sync.naive_sync(engine, config, library, reader, window, run, only)
             wall, counts, failed, errors = result.wall_s, result.counts, result.failed, []
+            oa_apply = None
         else:
-            wall, counts, failed, errors = engine_run(
+            wall, counts, failed, errors, oa_apply = engine_run(
                 engine, config, library, window, step["label"], step["incremental"], only
             )
         rss = peak_rss_mb()
@@ -128,6 +152,7 @@ def main() -> int:
                     "failed_users": failed,
                     "errors": errors,
                     "peak_rss_mb": round(rss),
+                    "oa_apply_s": None if oa_apply is None else round(oa_apply, 2),
                 }
             ),
             flush=True,
