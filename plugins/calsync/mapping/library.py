@@ -95,6 +95,20 @@ class FieldMapping:
         """The target fields this mapping sets."""
         return {f.target for f in self._fields}
 
+    @property
+    def source_fields(self) -> frozenset[str] | None:
+        """Every source field the mapping reads; None when a formula may read any."""
+        found: set[str] = set()
+        for item in self._fields:
+            if item.formula is not None:
+                expression = item.formula.expression
+                if not expression.src_fields_complete:
+                    return None
+                found |= expression.src_fields
+            elif item.spec.source is not None:
+                found.add(item.spec.source)
+        return frozenset(found)
+
     def apply(
         self, record: dict[str, Any], variables: dict[str, Any] | None = None
     ) -> dict[str, str]:
@@ -150,6 +164,16 @@ class FilterSet:
     @property
     def names(self) -> list[str]:
         return [f.name for f, _ in self._filters]
+
+    @property
+    def source_fields(self) -> frozenset[str] | None:
+        """Every source field the conditions read; None when one may read any."""
+        found: set[str] = set()
+        for flt, _ in self._filters:
+            if not flt.condition.src_fields_complete:
+                return None
+            found |= flt.condition.src_fields
+        return frozenset(found)
 
     def skip_reason(self, record: dict[str, Any]) -> str | None:
         """None to keep the record, else ``"filter <name>: <description>"`` for the first

@@ -142,6 +142,9 @@ class Expression:
     src_fields: frozenset[str]
     var_names: frozenset[str]
     rule_names: frozenset[str]
+    # False when ``src`` is used other than as ``src.<name>`` / ``src["<name>"]`` (passed
+    # whole, ``src.get(x)``, ``src[x]``...): then ``src_fields`` is not all it may read
+    src_fields_complete: bool = True
 
     def evaluate(self, src: dict[str, Any], var: dict[str, Any], where: str) -> Any:
         """The raw value; any failure is a MappingError naming ``where``."""
@@ -178,12 +181,18 @@ def _const_str(node: nodes.Node) -> str | None:
     return None
 
 
-def _check(env: Sandbox, tree: nodes.Node) -> tuple[set[str], set[str], set[str]]:
+def _check(env: Sandbox, tree: nodes.Node) -> tuple[set[str], set[str], set[str], bool]:
+    """(source fields read, variables read, rules looked up, whether the source fields are
+    all the expression can read); raises ExpressionError for what is not allowed."""
     allowed_names = {"src", "var", *env.globals}
     src_fields: set[str] = set()
     var_names: set[str] = set()
     rules: set[str] = set()
+    src_uses: list[nodes.Name] = []
+    field_reads: set[int] = set()  # the ``src`` names that are the owner of a field read
     for node in [tree, *tree.find_all(nodes.Node)]:
+        if isinstance(node, nodes.Name) and node.name == "src":
+            src_uses.append(node)
         if isinstance(node, nodes.Name) and node.name not in allowed_names:
             known = ", ".join(sorted(allowed_names))
             raise ExpressionError(f"unknown name {node.name!r} (known: {known})")
@@ -203,6 +212,7 @@ def _check(env: Sandbox, tree: nodes.Node) -> tuple[set[str], set[str], set[str]
             if isinstance(owner, nodes.Name) and owner.name == "src":
                 if not (isinstance(node, nodes.Getattr) and attr in _DICT_ATTRS):
                     src_fields.add(attr)
+                    field_reads.add(id(owner))
             elif isinstance(owner, nodes.Name) and owner.name == "var":
                 var_names.add(attr)
         rule_arg: nodes.Node | None = None
@@ -213,7 +223,8 @@ def _check(env: Sandbox, tree: nodes.Node) -> tuple[set[str], set[str], set[str]
             rule_arg = node.args[0]
         if rule_arg is not None and _const_str(rule_arg) is not None:
             rules.add(str(_const_str(rule_arg)))
-    return src_fields, var_names, rules
+    complete = all(id(name) in field_reads for name in src_uses)
+    return src_fields, var_names, rules, complete
 
 
 def compile_expression(env: Sandbox, source: str) -> Expression:
@@ -230,7 +241,7 @@ def compile_expression(env: Sandbox, source: str) -> Expression:
             raise TemplateSyntaxError(
                 f"unexpected {token.value!r} after the expression", token.lineno
             )
-        src_fields, var_names, rules = _check(env, tree)
+        src_fields, var_names, rules, complete = _check(env, tree)
         func = env.compile_expression(source, undefined_to_none=False)
     except TemplateSyntaxError as exc:
         raise ExpressionError(f"syntax error: {exc.message} (line {exc.lineno})") from None
@@ -238,4 +249,11 @@ def compile_expression(env: Sandbox, source: str) -> Expression:
         raise ExpressionError("the expression is nested too deeply") from None
     except TemplateError as exc:
         raise ExpressionError(exc.message or str(exc)) from None
-    return Expression(source, func, frozenset(src_fields), frozenset(var_names), frozenset(rules))
+    return Expression(
+        source,
+        func,
+        frozenset(src_fields),
+        frozenset(var_names),
+        frozenset(rules),
+        complete,
+    )

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from calsync.errors import MappingError
 from calsync.model import Attendee, OAUser, Participant, ScheduleData, SuiteEvent
+from calsync.sync.mapping_memo import Mapped, MappingMemo
 from calsync.sync.plan import Prepared
 
 UNTITLED = "(无标题 / No title)"
@@ -37,6 +37,12 @@ class PrepareContext:
     rooms_by_mailbox: dict[str, int]
     room_names: dict[int, str] = field(default_factory=dict)
     variables: dict[str, Any] = field(default_factory=dict)
+    memo: MappingMemo | None = None  # made on first use
+
+    def mapped(self, record: dict[str, Any]) -> Mapped:
+        if self.memo is None:
+            self.memo = MappingMemo(self.mapping, self.filters)
+        return self.memo.map(record, self.variables)
 
 
 def _participants(
@@ -83,18 +89,18 @@ def prepare_event(event: SuiteEvent, mailbox_user: OAUser, ctx: PrepareContext) 
     if "unreadable" in event.extra:
         return Prepared(event, error=f"unreadable event: {event.extra['unreadable']}")
     participants, room_id, externals = _participants(event, ctx)
-    try:
-        record = forward_record(
-            event, timezone=ctx.timezone, color=ctx.color, external_attendees=externals
-        )
-        reason = ctx.filters.skip_reason(record)
-        if reason is None and event.is_cancelled:
-            reason = CANCELLED
-        if reason is not None:
-            return Prepared(event, skip=reason)
-        fields = ctx.mapping.apply(record, ctx.variables)
-    except MappingError as exc:
-        return Prepared(event, error=str(exc))
+    record = forward_record(
+        event, timezone=ctx.timezone, color=ctx.color, external_attendees=externals
+    )
+    mapped = ctx.mapped(record)
+    if mapped.filter_error is not None:
+        return Prepared(event, error=mapped.filter_error)
+    reason = mapped.skip or (CANCELLED if event.is_cancelled else None)
+    if reason is not None:
+        return Prepared(event, skip=reason)
+    if mapped.fields is None:
+        return Prepared(event, error=mapped.map_error or "the mapping gave no fields")
+    fields = mapped.fields
     organizer = event.organizer.email.lower() if event.organizer else ""
     creator = ctx.users_by_mailbox.get(organizer, mailbox_user)
     location = fields.get("location", event.location)
