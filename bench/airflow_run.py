@@ -71,6 +71,7 @@ def airflow_scenario(suite: str, args: argparse.Namespace, workdir: Path) -> dic
     import requests
     from reverse_latency import Api, free_port, stop
     from scale import (
+        GRAPH_CONCURRENCY,
         Child,
         create_oa,
         drop_oa,
@@ -108,9 +109,16 @@ def airflow_scenario(suite: str, args: argparse.Namespace, workdir: Path) -> dic
         shutil.rmtree(include, ignore_errors=True)
         shutil.copytree(ROOT / "include" / "mappings", include / "mappings")
         (include / "integrations").mkdir(parents=True)
-        text = integration_yaml(suite, conn_id, ready, args.concurrency).replace(
-            f"execution: {{concurrency: {args.concurrency}}}",
-            f"execution: {{concurrency: {args.concurrency}, per_user_task_limit: "
+        # per task: 64 mailboxes for Graph (limited per mailbox only); a share of the
+        # tenant limit for Exchange and Alibaba Mail, the tasks running side by side
+        concurrency = args.concurrency or (
+            GRAPH_CONCURRENCY
+            if suite == "graph"
+            else max(1, suite_limit(suite, args) // parallelism)
+        )
+        text = integration_yaml(suite, conn_id, ready, concurrency).replace(
+            f"execution: {{concurrency: {concurrency}}}",
+            f"execution: {{concurrency: {concurrency}, per_user_task_limit: "
             f"{min(batch_size, 1000)}, batch_size: {batch_size}, retries: 2, retry_delay_s: 5}}",
         )
         (include / "integrations" / f"{integration}.yaml").write_text(text + "schedule: null\n")
@@ -204,7 +212,7 @@ def airflow_scenario(suite: str, args: argparse.Namespace, workdir: Path) -> dic
             "task_s_max": round(max(durations), 1) if durations else None,
             "batch_size": batch_size,
             "parallelism": parallelism,
-            "concurrency": args.concurrency,
+            "concurrency": concurrency,
             "schedules_in_oa": _count_schedules(url),
             "expected": tenant.total_events,
             "requests": after["requests"] - before["requests"],
@@ -256,7 +264,7 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=40)
     parser.add_argument("--latency-ms", type=float, default=20)
     parser.add_argument("--oa", choices=["sqlite", "postgresql"], default="sqlite")
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, help="default: as bench/scale.py")
     parser.add_argument("--tenant-limit", type=int, help="default: 27 (EWS) / 16 (Alibaba)")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--parallelism", type=int, default=4)

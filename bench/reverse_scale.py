@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_oa import create_oa, drop_oa
-from scale import GRAPH_MAILBOX_LIMIT, Child, integration_yaml, suite_limit
+from scale import GRAPH_MAILBOX_LIMIT, Child, integration_yaml, reverse_concurrency, suite_limit
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -173,9 +173,8 @@ def reverse_scenario(suite: str, args: argparse.Namespace, workdir: Path) -> dic
         ready = emu.read()
         conn_id = f"calsync_bench_{suite}_reverse"
         os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = ready["airflow_conn_json"]
-        yaml_text = integration_yaml(
-            suite, conn_id, ready, args.reverse_concurrency, direction="reverse"
-        )
+        concurrency = reverse_concurrency(suite, args)
+        yaml_text = integration_yaml(suite, conn_id, ready, concurrency, direction="reverse")
         config_file = workdir / f"bench_{suite}_reverse.yaml"
         config_file.write_text(yaml_text)
         config = parse_integration(config_file, yaml_text)
@@ -191,7 +190,7 @@ def reverse_scenario(suite: str, args: argparse.Namespace, workdir: Path) -> dic
             reports = [summary["integrations"][0]]
             rss = [round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)]
         else:
-            spec = argparse.Namespace(drains=drains, concurrency=args.reverse_concurrency, log=log)
+            spec = argparse.Namespace(drains=drains, concurrency=concurrency, log=log)
             results, wall = reverse_drain.run_drains(urls[0], spec, config_file)
             reports = [r["summary"]["integrations"][0] for r in results]
             rss = [round(r["rss_kb"] / 1024) for r in results]
@@ -214,7 +213,7 @@ def reverse_scenario(suite: str, args: argparse.Namespace, workdir: Path) -> dic
             "errors": report["errors"][:3],
             "peak_rss_mb": max(rss),
             "drain_processes": drains,
-            "execution_concurrency": args.reverse_concurrency,
+            "execution_concurrency": concurrency,
             "allowed_concurrency": allowed,
             "floor_s": floor,
             "x_floor": round(wall / floor, 1) if floor else None,

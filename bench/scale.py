@@ -205,6 +205,32 @@ execution: {{concurrency: {concurrency}{lease}}}
     return text
 
 
+GRAPH_CONCURRENCY = 64  # mailboxes read at once per process: Graph limits per mailbox only
+GRAPH_REVERSE_CONCURRENCY = 16  # × 4 writes per mailbox in flight per drain process
+
+
+def suite_concurrency(suite: str, args: argparse.Namespace) -> int:
+    """``execution.concurrency`` of the forward integration: ``--concurrency``, else 64 for
+    Graph and the tenant limit shared by the sync processes for Exchange and Alibaba Mail
+    (more would only be refused by the suite)."""
+    if args.concurrency:
+        return int(args.concurrency)
+    if suite == "graph":
+        return GRAPH_CONCURRENCY
+    return max(1, suite_limit(suite, args) // args.processes)
+
+
+def reverse_concurrency(suite: str, args: argparse.Namespace) -> int:
+    """``execution.concurrency`` of the reverse integration (up to 4 writes per mailbox in
+    flight each): ``--reverse-concurrency``, else 16 for Graph and the tenant limit shared
+    by the drain processes for Exchange and Alibaba Mail."""
+    if args.reverse_concurrency:
+        return int(args.reverse_concurrency)
+    if suite == "graph":
+        return GRAPH_REVERSE_CONCURRENCY
+    return max(1, suite_limit(suite, args) // (4 * args.processes))
+
+
 def suite_limit(suite: str, args: argparse.Namespace) -> int:
     """The concurrency limit the emulator enforces: per mailbox (Graph) or per tenant."""
     if suite == "graph":
@@ -271,7 +297,9 @@ def forward_scenarios(suite: str, args: argparse.Namespace, workdir: Path) -> di
         env = {f"AIRFLOW_CONN_{conn_id.upper()}": ready["airflow_conn_json"]}
         if ready.get("ca_file"):
             env |= {"SSL_CERT_FILE": ready["ca_file"], "REQUESTS_CA_BUNDLE": ready["ca_file"]}
-        config_yaml = integration_yaml(suite, conn_id, ready, args.concurrency)
+        concurrency = suite_concurrency(suite, args)
+        out["concurrency"] = concurrency
+        config_yaml = integration_yaml(suite, conn_id, ready, concurrency)
         modes = ["engine"] + ([] if args.no_naive else ["naive"])
         # The naive baseline is sequential, so its time is the sum over users: on a big
         # tenant it syncs the first --naive-users and its time and requests are scaled up.
@@ -409,7 +437,8 @@ def table(report: dict[str, Any]) -> list[str]:
     lines = [
         f"calsync scale benchmark: {report['users']} users × {report['events']} events "
         f"({report['users'] * report['events']:,} events), OA {report['oa']}, latency "
-        f"{report['latency_ms']:g} ms, execution.concurrency {report['concurrency']}, "
+        f"{report['latency_ms']:g} ms, execution.concurrency "
+        f"{report['concurrency'] or 'per suite (Graph 64, else tenant limit ÷ processes)'}, "
         f"sync processes {report.get('processes', 1)}, "
         f"tenant limit {report['tenant_limit'] or TENANT_LIMITS}",
         f"{'suite':9} {'scenario':22} {'calsync s':>10} {'ev/s':>8} {'requests':>9} "
@@ -478,7 +507,12 @@ def main() -> int:
     parser.add_argument("--latency-ms", type=float, default=20)
     parser.add_argument("--oa", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--scenarios", default="1,2,3,5", help="comma-separated, 1–6")
-    parser.add_argument("--concurrency", type=int, default=16, help="execution.concurrency")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        help="execution.concurrency (default: 64 for Graph, the tenant limit ÷ --processes "
+        "for Exchange and Alibaba Mail)",
+    )
     parser.add_argument(
         "--tenant-limit", type=int, help="EWS/Alibaba per tenant (default: 27 / 16)"
     )
@@ -494,9 +528,9 @@ def main() -> int:
     parser.add_argument(
         "--reverse-concurrency",
         type=int,
-        default=16,
-        help="scenario 4: execution.concurrency of the reverse integration (× 4 requests "
-        "per mailbox in flight)",
+        help="scenario 4: execution.concurrency of the reverse integration (up to 4 writes "
+        "per mailbox in flight each; default: 16 for Graph, the tenant limit ÷ (4 × "
+        "--processes) for Exchange and Alibaba Mail)",
     )
     parser.add_argument("--parallelism", type=int, default=4, help="scenario 6")
     parser.add_argument("--batch-size", type=int, help="scenario 6 (default: one wave)")

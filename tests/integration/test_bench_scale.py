@@ -17,14 +17,18 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 
-def test_scale_harness_runs_and_the_baseline_writes_the_same_oa(tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", [1, 2])
+def test_scale_harness_runs_and_the_baseline_writes_the_same_oa(
+    tmp_path: Path, processes: int
+) -> None:
+    """Also with the users split over two sync processes (as two mapped tasks)."""
     out = tmp_path / "scale.json"
     run = subprocess.run(
         [
             sys.executable,
             str(ROOT / "bench" / "scale.py"),
             *("--suite", "alimail", "--users", "3", "--events", "10"),
-            *("--scenarios", "1,2,3", "--json", str(out)),
+            *("--scenarios", "1,2,3", "--processes", str(processes), "--json", str(out)),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -44,6 +48,8 @@ def test_scale_harness_runs_and_the_baseline_writes_the_same_oa(tmp_path: Path) 
     assert runs["2"]["engine"]["counts"].get("created", 0) == 0
     assert runs["3"]["engine"]["counts"].get("updated") == forward["changed_events"] == 1
     for scenario in ("1", "2", "3"):
+        assert runs[scenario]["engine"].get("processes", 1) == processes
+        assert runs[scenario]["engine"]["oa_apply_s"] > 0
         assert runs[scenario]["engine"]["requests"] > 0
         assert runs[scenario]["engine"]["failed_users"] == 0
         assert forward["floor"][scenario]["floor_s"] > 0
