@@ -34,7 +34,7 @@ test: venv
 
 ## The scale benchmark (README "Benchmarks"): every suite, 200 users × 40 events, scenarios
 ## 1-5 with the naive baseline and the network floor. Heavy: never part of `make test`.
-## The full run: make bench BENCH_ARGS="--users 2000 --oa postgresql --scenarios 1,2,3,4,5,6"
+## The full run: make bench BENCH_ARGS="--users 2000 --oa postgresql --processes 2 --scenarios 1,2,3,4,5,6"
 BENCH_ARGS ?= --suite all --users 200 --events 40 --scenarios 1,2,3,4,5
 bench: venv
 	$(BIN)/python scripts/services.py ensure

@@ -24,6 +24,10 @@ Mail: ``--tenant-limit`` per tenant, default 27 — Exchange's EWSMaxConcurrency
 enforced by the emulators). Each emulator runs in its own
 process (``bench/emulator_host.py``); each sync in its own process (``bench/scale_worker.py``).
 
+``--processes P`` splits the users over P sync processes started together (as P mapped tasks
+of a DAG run) and runs scenario 4 with P drain processes; each forward figure also gives the
+OA writer thread's busy time and the wall time ÷ (floor + that time).
+
 Prints a table; ``--json`` writes every figure.
 """
 
