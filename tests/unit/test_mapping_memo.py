@@ -140,3 +140,14 @@ def test_the_memo_never_changes_a_result(records: list[dict[str, Any]]) -> None:
         rec = record(**values)
         remembered = memo.mapped(rec)
         assert remembered == fresh._compute(rec, memo.variables)
+
+
+def test_the_memo_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from calsync.sync import mapping_memo
+
+    monkeypatch.setattr(mapping_memo, "MAX_CHARS", 5_000)
+    ctx = _ctx(MappingLibrary.load(SHIPPED), [])
+    for i in range(40):
+        prepare_event(event(subject=f"meeting {i}", body="x" * 500), ALICE, ctx)
+    assert ctx.memo is not None
+    assert ctx.memo._chars <= 5_000 and len(ctx.memo._results) < 40

@@ -20,6 +20,7 @@ import orjson
 from calsync.errors import MappingError
 
 MAX_ENTRIES = 4096
+MAX_CHARS = 16_000_000  # keys and mapped texts held at most (a details field may be 1 MiB)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +34,8 @@ class Mapped:
 
 
 class MappingMemo:
-    """One task's memo (thread-safe; bounded to ``MAX_ENTRIES`` results)."""
+    """One task's memo (thread-safe; bounded to ``MAX_ENTRIES`` results and about
+    ``MAX_CHARS`` characters: past either, it starts afresh)."""
 
     def __init__(self, mapping: Any, filters: Any) -> None:
         self._mapping = mapping
@@ -43,6 +45,7 @@ class MappingMemo:
             None if any(r is None for r in reads) else tuple(sorted(set().union(*reads)))
         )
         self._results: dict[bytes, Mapped] = {}
+        self._chars = 0
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -62,10 +65,13 @@ class MappingMemo:
                 return found
             self.misses += 1
         result = self._compute(record, variables)
+        size = len(key) + sum(map(len, (result.fields or {}).values()))
         with self._lock:
-            if len(self._results) >= MAX_ENTRIES:
+            if len(self._results) >= MAX_ENTRIES or self._chars + size > MAX_CHARS:
                 self._results.clear()
+                self._chars = 0
             self._results[key] = result
+            self._chars += size
         return result
 
     def _compute(self, record: dict[str, Any], variables: dict[str, Any]) -> Mapped:
