@@ -277,22 +277,25 @@ class _PlanWrites:
     integration_id: str
     mailbox: str
     now: dt.datetime
-    creates: list[tuple[Prepared, dict[str, Any]]] = field(default_factory=list)
+    # (item, its sync-log row, the mailbox it was read from)
+    creates: list[tuple[Prepared, dict[str, Any], str]] = field(default_factory=list)
     schedule_updates: list[tuple[int, ScheduleData]] = field(default_factory=list)
     meeting_inserts: list[dict[str, Any]] = field(default_factory=list)
     meeting_updates: list[dict[str, Any]] = field(default_factory=list)
     link_inserts: list[dict[str, Any]] = field(default_factory=list)
     link_updates: list[dict[str, Any]] = field(default_factory=list)
+    # a group's buffer: new schedules go there at the flush, written with the group's
+    deferred: _PlanWrites | None = None
 
     def create(self, item: Prepared, log_row: dict[str, Any]) -> None:
         """A new schedule; ``log_row`` gets its id at the flush."""
-        self.creates.append((item, log_row))
+        self.creates.append((item, log_row, self.mailbox))
 
-    def link(self, item: Prepared, schedule_id: int) -> None:
+    def link(self, item: Prepared, schedule_id: int, mailbox: str | None = None) -> None:
         self.link_inserts.append(
             {
                 "integration_id": self.integration_id,
-                "mailbox": self.mailbox,
+                "mailbox": mailbox or self.mailbox,
                 "schedule_id": schedule_id,
                 "created_at": self.now,
                 "updated_at": self.now,
@@ -329,6 +332,9 @@ class _PlanWrites:
 
     def flush(self, conn: sa.Connection) -> None:
         participants: list[dict[str, Any]] = []
+        if self.creates and self.deferred is not None:
+            self.deferred.creates.extend(self.creates)
+            self.creates.clear()
         if self.creates:
             rows = [
                 {
@@ -337,21 +343,21 @@ class _PlanWrites:
                     "created_at": self.now,
                     "updated_at": self.now,
                 }
-                for item, _ in self.creates
+                for item, _, _ in self.creates
                 if item.data is not None
             ]
             ids = _insert_schedules(conn, rows)
-            for (item, log_row), schedule_id in zip(self.creates, ids, strict=True):
+            for (item, log_row, mailbox), schedule_id in zip(self.creates, ids, strict=True):
                 assert item.data is not None
                 log_row["schedule_id"] = schedule_id
                 participants.extend(_participant_rows(schedule_id, item.data))
                 self.add_meeting(
                     item.event.identity_key[:400],
                     schedule_id,
-                    item.owner_mailbox or self.mailbox,
+                    item.owner_mailbox or mailbox,
                     item.hash,
                 )
-                self.link(item, schedule_id)
+                self.link(item, schedule_id, mailbox)
         if self.schedule_updates:
             conn.execute(
                 sa.update(t.schedules).where(t.schedules.c.id == sa.bindparam("b_id")),
@@ -390,6 +396,40 @@ class _PlanWrites:
             pending.clear()
 
 
+class GroupWrites:
+    """New schedules of several mailboxes' plans, written together when the group is
+    applied (a first sync is nearly all creates: one statement per table for the group, not
+    per mailbox). Only plans of creates alone are deferred (:func:`deferrable`); before any
+    other plan, and before a mailbox that may hold one of the pending meetings, the caller
+    flushes, so every statement still sees the writes planned before it."""
+
+    def __init__(self, integration_id: str) -> None:
+        self._writes = _PlanWrites(integration_id, "", utcnow())
+
+    def holds_any(self, identity_keys: Iterable[str]) -> bool:
+        """Whether a pending new meeting has one of these identities."""
+        pending = {item.event.identity_key[:400] for item, _, _ in self._writes.creates}
+        return bool(pending) and any(key[:400] in pending for key in identity_keys)
+
+    def flush(self, conn: sa.Connection) -> None:
+        self._writes.now = utcnow()
+        self._writes.flush(conn)
+
+
+def deferrable(plan: MailboxPlan, run: RunInfo) -> bool:
+    """Whether a plan's writes may wait for its group's (:class:`GroupWrites`): creates,
+    skips and failures only, one-way, none adopting an event calsync made earlier."""
+    if run.two_way:
+        return False
+    for action in plan.actions:
+        if isinstance(action, Create):
+            if _may_adopt(run.integration_id, action.item):
+                return False
+        elif not isinstance(action, Skip | Fail):
+            return False
+    return True
+
+
 def _insert_schedules(conn: sa.Connection, rows: list[dict[str, Any]]) -> list[int]:
     """Insert schedule rows; their new ids, in order."""
     if conn.dialect.name == "postgresql":
@@ -420,17 +460,22 @@ def apply_plan(
     plan: MailboxPlan,
     user: OAUser,
     run: RunInfo,
+    group: GroupWrites | None = None,
 ) -> tuple[MailboxOutcome, list[dict[str, Any]]]:
     """Apply a plan inside the caller's transaction; returns counts and sync-log rows.
 
     The common actions' rows go out in bulk (:class:`_PlanWrites`); the effect is that of
-    applying the actions one after another, in order."""
+    applying the actions one after another, in order. ``group``: a :func:`deferrable`
+    plan's new schedules wait there (their sync-log rows get their ids when it is flushed,
+    before they are written)."""
     now = utcnow()
     outcome = MailboxOutcome(plan.mailbox, user.id)
     if plan.unchanged:
         outcome.add("unchanged", plan.unchanged)
     logs: list[dict[str, Any]] = []
-    writes = _PlanWrites(run.integration_id, plan.mailbox, now)
+    writes = _PlanWrites(
+        run.integration_id, plan.mailbox, now, deferred=group._writes if group else None
+    )
 
     def log(
         action: str,

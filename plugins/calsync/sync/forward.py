@@ -214,13 +214,16 @@ class ApplySettings:
 
 @dataclass(slots=True)
 class _Tail:
-    """The writes a transaction makes last, for all its mailboxes at once: sync-log rows
-    and change-feed states (one bulk insert and one upsert per group, not per mailbox)."""
+    """The writes a transaction makes last, for all its mailboxes at once: new schedules of
+    plans of creates alone (:class:`store.GroupWrites`), sync-log rows and change-feed states
+    (one statement per table per group, not per mailbox)."""
 
+    creates: store.GroupWrites
     logs: list[dict[str, Any]] = field(default_factory=list)
     states: dict[str, str] = field(default_factory=dict)
 
     def flush(self, conn: sa.Connection, s: ApplySettings) -> None:
+        self.creates.flush(conn)  # first: the sync-log rows take the new schedules' ids
         store.write_logs(conn, self.logs)
         store.save_sync_states(conn, s.config.id, s.window.start, s.window.end, self.states)
         self.logs, self.states = [], {}
@@ -245,6 +248,8 @@ def _apply_in(
             tail.states[user.mailbox] = _state_row(s.context, state)
         return {}
     keys = [p.event.identity_key for p in prepared if p.data is not None]
+    if tail.creates.holds_any(keys):  # a meeting an earlier mailbox of the group creates
+        tail.creates.flush(conn)
     links, meetings = store.load_mailbox_state(conn, s.config.id, user.mailbox, keys)
     plan = plan_mailbox(
         user.mailbox,
@@ -263,8 +268,11 @@ def _apply_in(
     )
     if held is not None:
         plan.actions = [a for a in plan.actions if not isinstance(a, Drop)]
+    deferred = store.deferrable(plan, s.run)
+    if not deferred:  # its statements must see every write planned before it
+        tail.creates.flush(conn)
     rekey_meetings(conn, s.config.id, plan)  # E11: a re-link by marker with a new iCalUId
-    outcome, logs = store.apply_plan(conn, plan, user, s.run)
+    outcome, logs = store.apply_plan(conn, plan, user, s.run, tail.creates if deferred else None)
     logs.extend(_note_rows(plan, s.run, user))
     if held is not None:
         count, reason = held
@@ -305,7 +313,7 @@ def apply_mailbox(
                 engine.begin() as conn,
                 outbox.write_origin(conn, outbox.forward_origin(s.config.id)),
             ):
-                tail = _Tail()
+                tail = _Tail(store.GroupWrites(s.config.id))
                 counts = _apply_in(conn, s, read, prepared, tail)
                 tail.flush(conn, s)
                 return counts
@@ -341,7 +349,7 @@ def apply_group(
                 engine.begin() as conn,
                 outbox.write_origin(conn, outbox.forward_origin(s.config.id)),
             ):
-                tail = _Tail()
+                tail = _Tail(store.GroupWrites(s.config.id))
                 counts = [
                     _apply_in(conn, s, r, p, tail) for r, p in zip(group, prepared, strict=True)
                 ]
