@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,11 +65,13 @@ def stats(suite: str, emu: Any) -> dict[str, Any]:
         + snap.get("unavailable_503", 0)
         + snap.get("concurrency_refused", 0)
     )
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "requests": snap["requests"],
         "by_kind": by_kind,
         "throttled": throttled,
         "max_concurrency_seen": snap.get("max_concurrency_seen"),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),  # the emulator's CPU so far
     }
 
 

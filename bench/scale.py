@@ -362,10 +362,17 @@ def forward_scenarios(suite: str, args: argparse.Namespace, workdir: Path) -> di
                 out["changed_events"] = len(picked)
             for mode, group in workers.items():
                 before = emu.ask({"op": "stats"})
+                pg_before = postgres_cpu_s() if args.oa == "postgresql" else None
                 for worker in group:  # all at once: they run side by side
                     worker.send({"label": labels[scenario], "incremental": True})
                 result = combined([worker.read() for worker in group])
                 after = emu.ask({"op": "stats"})
+                # where the machine's CPU went: the sync processes, the emulator, PostgreSQL
+                result["emulator_cpu_s"] = round(after["cpu_s"] - before["cpu_s"], 2)
+                if pg_before is not None:
+                    pg_after = postgres_cpu_s()
+                    if pg_after is not None:
+                        result["postgres_cpu_s"] = round(pg_after - pg_before, 2)
                 by_kind = {
                     k: v - before["by_kind"].get(k, 0)
                     for k, v in after["by_kind"].items()
@@ -406,6 +413,28 @@ def forward_scenarios(suite: str, args: argparse.Namespace, workdir: Path) -> di
             drop_oa(url)
 
 
+def postgres_cpu_s() -> float | None:
+    """CPU seconds of the local PostgreSQL's processes, live and ended (the postmaster's
+    reaped children), or None when they cannot be read (another user's processes)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                if (proc / "comm").read_text().strip() not in ("postgres", "postmaster"):
+                    continue
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # utime, stime, cutime, cstime: the postmaster's c-times hold ended backends
+            total += sum(int(v) for v in fields[11:15]) / tick
+    except OSError:
+        return None
+    return total
+
+
 def x_floor_and_oa(run: dict[str, Any], floor: float) -> float | str:
     """Wall time ÷ (network floor + the OA writer's busy time)."""
     oa = run.get("oa_apply_s")
@@ -428,6 +457,7 @@ def combined(results: list[dict[str, Any]]) -> dict[str, Any]:
         "errors": [e for r in results for e in r["errors"]][:3],
         "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
         "oa_apply_s": max((r.get("oa_apply_s") or 0.0) for r in results),
+        "cpu_s": round(sum(r.get("cpu_s") or 0.0 for r in results), 2),
         "processes": len(results),
         "process_wall_s": [r["wall_s"] for r in results],
         "peak_rss_mb_total": sum(r["peak_rss_mb"] for r in results),
@@ -447,7 +477,7 @@ def table(report: dict[str, Any]) -> list[str]:
         f"tenant limit {report['tenant_limit'] or TENANT_LIMITS}",
         f"{'suite':9} {'scenario':22} {'calsync s':>10} {'ev/s':>8} {'requests':>9} "
         f"{'RSS MB':>7} {'naive s':>9} {'naive req':>9} {'× naive':>8} {'floor s':>8} "
-        f"{'× floor':>8} {'OA s':>6} {'× (floor + OA)':>14}",
+        f"{'× floor':>8} {'OA s':>6} {'× (floor + OA)':>14}  CPU s: sync/emulator/PostgreSQL",
     ]
     names = {"1": "1 first full sync", "2": "2 re-sync unchanged", "3": "3 re-sync 1% changed"}
     for suite, data in report["suites"].items():
@@ -467,6 +497,8 @@ def table(report: dict[str, Any]) -> list[str]:
                 # the OA writer's busy time (slowest process): what the goal adds to the floor
                 f"{eng.get('oa_apply_s', '-'):>6}",
                 f"{x_floor_and_oa(eng, floor):>14}",
+                f" {eng.get('cpu_s', '-')}/{eng.get('emulator_cpu_s', '-')}/"
+                f"{eng.get('postgres_cpu_s', '-')}",
             ]
             lines.append(f"{suite:9} {names[scenario]:22} " + " ".join(cells))
         forward = data.get("forward")

@@ -134,6 +134,7 @@ def main() -> int:
         if step.get("stop"):
             break
         only = set(job["mailboxes"]) if job.get("mailboxes") else None
+        cpu_before = time.process_time()
         if reader is not None:
             run = store.RunInfo(config.id, "bench_naive", step["label"])
             result = naive_sync.naive_sync(engine, config, library, reader, window, run, only)
@@ -153,6 +154,7 @@ def main() -> int:
                     "errors": errors,
                     "peak_rss_mb": round(rss),
                     "oa_apply_s": None if oa_apply is None else round(oa_apply, 2),
+                    "cpu_s": round(time.process_time() - cpu_before, 2),
                 }
             ),
             flush=True,
