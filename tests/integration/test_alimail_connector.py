@@ -321,6 +321,34 @@ def test_one_token_for_many_calls(alimail: AlimailEmulator, alimail_connector: F
     assert connector.http.tokens.issued == 1 and alimail.stats["unauthorized"] == 0
 
 
+def test_operations_starting_together_share_one_client(
+    alimail: AlimailEmulator, alimail_connector: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first operations of a run start at once in the pool's threads while the client is
+    still being made (reading the Airflow connection takes a while): they must all get the
+    same one — two clients kept two token caches and two sets of mailbox locks, and a
+    Retry-After one had seen did not hold the other back."""
+    from calsync.connectors import alimail as module
+
+    made: list[Any] = []
+    real = module.AlimailHttp
+
+    def slow_client(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.2)
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(module, "AlimailHttp", slow_client)
+    connector = alimail_connector()
+
+    async def together() -> None:
+        await asyncio.gather(*(connector.list_events(m, WINDOW) for m in (A, B, C) * 2))
+
+    run(together())
+    assert len(made) == 1
+    assert alimail.stats["tokens_issued"] == 1
+
+
 def test_token_renewed_before_expiry(alimail: AlimailEmulator, alimail_connector: Factory):
     alimail.token_lifetime_s = 1.0  # renewed 0.1 s before it runs out
     connector = alimail_connector()

@@ -311,10 +311,10 @@ def test_state_is_written_with_the_mailbox_changes_or_not_at_all(
 
     real_apply = store.apply_plan
 
-    def broken(conn: Any, plan: Any, user: Any, run: Any) -> Any:
+    def broken(conn: Any, plan: Any, user: Any, run: Any, group: Any = None) -> Any:
         if plan.mailbox == B:
             raise sa.exc.OperationalError("UPDATE", {}, Exception("disk I/O error"))
-        return real_apply(conn, plan, user, run)
+        return real_apply(conn, plan, user, run, group)
 
     monkeypatch.setattr(store, "apply_plan", broken)
     failed = scheduled()

@@ -59,6 +59,7 @@ import datetime as dt
 import functools
 import logging
 import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -469,6 +470,7 @@ class AlimailConnector(SuiteConnector):
         self._credentials = credentials  # None: read the Airflow connection on first use
         self._policy = policy
         self._http: AlimailHttp | None = None
+        self._http_lock = threading.Lock()
         self._calendars: dict[str, str] = {}  # mailbox -> calendar id of the configured folder
         workers = max(4, config.execution.concurrency)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="calsync-alimail")
@@ -478,7 +480,14 @@ class AlimailConnector(SuiteConnector):
     # --- plumbing ---
 
     def _client(self) -> AlimailHttp:
-        if self._http is None:
+        if self._http is not None:
+            return self._http
+        # The first operations start together in the pool's threads: one client for all of
+        # them (two would keep two token caches and two sets of mailbox locks, and a mailbox's
+        # Retry-After seen by one would not hold the other back).
+        with self._http_lock:
+            if self._http is not None:
+                return self._http
             creds = self._credentials or load_credentials(self.config.connection_id)
             extras = creds.extras
             policy = self._policy or RetryPolicy(
