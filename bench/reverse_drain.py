@@ -257,6 +257,8 @@ def run_drain(engine: Any, config: Any, worker: str = "bench") -> tuple[dict[str
 def worker_main(args: argparse.Namespace) -> int:
     """``--worker URL``: one more drain process (as a second Airflow worker would run one),
     started by the main process: ready → waits for a line on stdin → drains → JSON line."""
+    from scale_worker import peak_rss_mb
+
     from calsync.oa.db import engine_from_url
 
     out = log_to(Path(args.log))
@@ -279,7 +281,7 @@ def worker_main(args: argparse.Namespace) -> int:
                 "wall_s": wall,
                 # VmHWM, not ru_maxrss: Linux carries that across exec from the parent (the
                 # scale benchmark's harness holds a whole generated tenant)
-                "rss_kb": _peak_rss_kb(),
+                "rss_kb": round(peak_rss_mb() * 1024),
                 "cpu_s": usage.ru_utime + usage.ru_stime,  # imports included: a little high
             }
         ),
@@ -287,13 +289,6 @@ def worker_main(args: argparse.Namespace) -> int:
         flush=True,
     )
     return 0
-
-
-def _peak_rss_kb() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def run_drains(

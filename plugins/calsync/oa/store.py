@@ -897,20 +897,6 @@ def load_sync_states(
     return found
 
 
-def save_sync_state(
-    conn: sa.Connection,
-    integration_id: str,
-    mailbox: str,
-    window_start: dt.date,
-    window_end: dt.date,
-    state: str,
-) -> None:
-    """Store (insert or replace) a mailbox's state inside the caller's transaction, so it
-    lands together with the OA changes it stands for. A concurrent insert of the same mailbox
-    raises IntegrityError (the caller re-plans)."""
-    save_sync_states(conn, integration_id, window_start, window_end, {mailbox: state})
-
-
 def save_sync_states(
     conn: sa.Connection,
     integration_id: str,
@@ -918,8 +904,10 @@ def save_sync_states(
     window_end: dt.date,
     states: dict[str, str],
 ) -> None:
-    """:func:`save_sync_state` for several mailboxes at once (a group commit's): one query
-    for which exist, one executemany of updates, one bulk insert of the rest."""
+    """Store (insert or replace) mailboxes' feed states inside the caller's transaction, so
+    they land together with the OA changes they stand for: one query for which exist, one
+    executemany of updates, one bulk insert of the rest. A concurrent insert of the same
+    mailbox raises IntegrityError (the caller re-plans)."""
     if not states:
         return
     values = {"window_start": window_start, "window_end": window_end, "updated_at": utcnow()}
