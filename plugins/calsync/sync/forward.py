@@ -41,7 +41,7 @@ from calsync.model import OAUser, SuiteEvent, Window
 from calsync.oa import outbox, store
 from calsync.oa.db import OADatabaseUnavailable
 from calsync.oa.rekey import calsync_key_prefix, rekey_meetings
-from calsync.sync import gil
+from calsync.sync import process_tuning
 from calsync.sync.guard import hold_reason
 from calsync.sync.plan import Create, Drop, LinkTo, Update, plan_mailbox
 from calsync.sync.prepare import PrepareContext, prepare_event
@@ -433,7 +433,7 @@ async def sync_users(
     thread, which applies what is waiting as a group (:func:`apply_group`). The queue is
     bounded, so at most about ``concurrency + 2 × GROUP_MAILBOXES`` mailboxes' events are in
     memory whatever the number of users; results keep counts only."""
-    gil.shorten_switch_interval()  # the writer's round trips must not wait 5 ms for the GIL
+    process_tuning.tune_for_sync()  # GIL switch interval and GC thresholds (see the module)
     with engine.connect() as conn:
         ctx, room_problems = build_context(conn, config, library)
         states = (

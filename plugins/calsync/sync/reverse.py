@@ -55,7 +55,7 @@ from calsync.oa import bulk, outbox, store
 from calsync.oa import schema as t
 from calsync.oa.db import SQLITE_BEGIN_OPTION
 from calsync.oa.rekey import calsync_key_prefix
-from calsync.sync import gil, reverse_guard
+from calsync.sync import process_tuning, reverse_guard
 from calsync.sync.plan import event_extent
 
 log = logging.getLogger("calsync.reverse")
@@ -886,7 +886,7 @@ async def drain(
     """Route new changes, then deliver every reverse integration's due changes, each
     integration on its own (one failing suite never blocks another). ``confirm_deletes``:
     release the deletions the mass-deletion guard held, and hold none (E10)."""
-    gil.shorten_switch_interval()  # OA round trips in threads must not wait 5 ms for the GIL
+    process_tuning.tune_for_sync()  # GIL switch interval and GC thresholds (see the module)
     routed = await asyncio.to_thread(route_all, engine, configs)
     deadline = time.monotonic() + time_budget_s
     reverse = [c for c in configs if c.enabled and c.reverse]
