@@ -18,7 +18,8 @@ pending for the next drain) and:
   cancellation modes), found through the link tombstones the delete trigger kept.
 
 Throughput: a drain claims deliveries in batches (``CLAIM_BATCH``) and reads their schedules
-in a few queries per batch; ``execution.concurrency`` × ``PER_MAILBOX`` writes are in flight
+in a few queries per batch, the next batch claimed while the last ones of the current batch
+are in flight (``REFILL_AT``); ``execution.concurrency`` × ``PER_MAILBOX`` writes are in flight
 at once (at most ``PER_MAILBOX`` per mailbox); finished deliveries are recorded together, one
 OA transaction per group (group commit). A schedule's first delivery that no drain touched
 before (``outbox.Claimed.fresh``) creates without the lookup by key: nothing can carry its key
@@ -62,6 +63,7 @@ log = logging.getLogger("calsync.reverse")
 
 PER_MAILBOX = 4  # Graph allows 4 concurrent requests per mailbox; the others are no tighter
 CLAIM_BATCH = 500  # deliveries claimed (and their schedules read) at once
+REFILL_AT = 2  # the next batch is claimed when fewer than this × the writes in flight remain
 RECORD_BATCH = 500  # at most this many deliveries' bookkeeping in one OA transaction
 RECORD_LINGER_S = 0.02  # a flush waits this long for more deliveries to join it
 _READ = {SQLITE_BEGIN_OPTION: "DEFERRED"}  # snapshot reads never wait for SQLite's write lock
@@ -414,21 +416,56 @@ class IntegrationDrain:
                 )
 
     async def run_until_empty(self, deadline: float, batch: int = CLAIM_BATCH) -> DrainReport:
-        semaphore = asyncio.Semaphore(self.config.execution.concurrency * PER_MAILBOX)
-        await self._db(self._guard_deletes)
-        while time.monotonic() < deadline:
-            claimed = await self._db(self._claim, batch)
-            if not claimed:
-                break
-            snaps = await self._db(self._snapshots, [item.schedule_id for item in claimed])
+        """Deliver claimed batches until none is due or ``deadline`` passes. The next batch is
+        claimed (and its schedules read) once fewer than ``REFILL_AT`` × the writes allowed
+        in flight remain, so the suite requests never wait for a batch's slowest delivery
+        nor for the claim; what is claimed is delivered, the deadline only stops claiming."""
+        in_flight = self.config.execution.concurrency * PER_MAILBOX
+        semaphore = asyncio.Semaphore(in_flight)
+        refill_at = max(1, min(batch // 2, REFILL_AT * in_flight))
+        outstanding = 0
+        changed = asyncio.Condition()
+        failures: list[BaseException] = []
 
-            async def one(item: outbox.Claimed, snap: Snapshot | None) -> None:
+        async def one(item: outbox.Claimed, snap: Snapshot | None) -> None:
+            nonlocal outstanding
+            try:
                 async with semaphore:  # bounds the suite requests, not the bookkeeping
                     outcome = await self._write(item, snap)
                 if outcome is not None:
                     await self._recorded(item, outcome, snap)
+            except BaseException as exc:  # _write and _recorded record their own failures
+                failures.append(exc)
+            finally:
+                outstanding -= 1
+                async with changed:
+                    changed.notify_all()
 
-            await asyncio.gather(*(one(item, snaps.get(item.schedule_id)) for item in claimed))
+        async def until(level: int) -> None:
+            async with changed:
+                await changed.wait_for(lambda: outstanding <= level)
+
+        tasks: set[asyncio.Task[None]] = set()
+        await self._db(self._guard_deletes)
+        while time.monotonic() < deadline and not failures:
+            claimed = await self._db(self._claim, batch)
+            if not claimed:
+                if not outstanding:
+                    break
+                await until(
+                    0
+                )  # what is in flight may free more (a re-armed change): look once more
+                continue
+            snaps = await self._db(self._snapshots, [item.schedule_id for item in claimed])
+            for item in claimed:
+                outstanding += 1
+                task = asyncio.create_task(one(item, snaps.get(item.schedule_id)))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            await until(refill_at)
+        await until(0)
+        if failures:
+            raise failures[0]
         return self.report
 
     def _lock(self, mailbox: str) -> asyncio.Semaphore:
