@@ -405,15 +405,26 @@ class GroupWrites:
 
     def __init__(self, integration_id: str) -> None:
         self._writes = _PlanWrites(integration_id, "", utcnow())
+        # The pending creates' identities, kept up to date as plans add creates (a set
+        # rebuilt on each call made a group's checks quadratic in its events).
+        self._pending: set[str] = set()
+        self._seen = 0
 
     def holds_any(self, identity_keys: Iterable[str]) -> bool:
         """Whether a pending new meeting has one of these identities."""
-        pending = {item.event.identity_key[:400] for item, _, _ in self._writes.creates}
-        return bool(pending) and any(key[:400] in pending for key in identity_keys)
+        creates = self._writes.creates
+        if self._seen > len(creates):  # flushed meanwhile
+            self._pending.clear()
+            self._seen = 0
+        self._pending.update(item.event.identity_key[:400] for item, _, _ in creates[self._seen :])
+        self._seen = len(creates)
+        return bool(self._pending) and any(key[:400] in self._pending for key in identity_keys)
 
     def flush(self, conn: sa.Connection) -> None:
         self._writes.now = utcnow()
         self._writes.flush(conn)
+        self._pending.clear()
+        self._seen = 0
 
 
 def deferrable(plan: MailboxPlan, run: RunInfo) -> bool:
