@@ -261,3 +261,42 @@ def test_two_drains_at_once_take_disjoint_changes(
     assert {d["status"] for d in deliveries(seeded_oa)} == {"done"}
     logged = [r["schedule_id"] for r in reverse_logs(seeded_oa) if r["action"] == "created"]
     assert sorted(logged) == sorted(ids)
+
+
+def test_next_batch_is_claimed_while_the_last_writes_are_in_flight(
+    seeded_oa: sa.Engine, rev_config: IntegrationConfig, graph: Any, monkeypatch: pytest.MonkeyPatch
+):
+    """A drain does not wait for a batch's slowest write before claiming the next batch
+    (REFILL_AT): some claim after the first runs while writes of the batch before it are
+    still in flight; every change is still delivered once."""
+    import time
+
+    from calsync.sync import reverse as rev
+
+    graph.faults.update(latency_ms=150)
+    monkeypatch.setattr(rev, "CLAIM_BATCH", 6)
+    claims: list[float] = []
+    writes: list[tuple[float, float]] = []
+    claim, write = rev.IntegrationDrain._claim, rev.IntegrationDrain._write
+
+    def spy_claim(self: Any, limit: int) -> Any:
+        claims.append(time.monotonic())
+        return claim(self, limit)
+
+    async def spy_write(self: Any, item: Any, snap: Any) -> Any:
+        started = time.monotonic()
+        try:
+            return await write(self, item, snap)
+        finally:
+            writes.append((started, time.monotonic()))
+
+    monkeypatch.setattr(rev.IntegrationDrain, "_claim", spy_claim)
+    monkeypatch.setattr(rev.IntegrationDrain, "_write", spy_write)
+    # One mailbox: its 4 writes at a time make each batch of 6 end in two waves.
+    ids = [oa_create(seeded_oa, "lina", f"rolling {i}") for i in range(18)]
+    summary = ReverseRunner(seeded_oa, [rev_config])()
+    assert ReverseRunner.counts(ReverseRunner(seeded_oa, []), summary).get("created") == len(ids)
+    assert len(claims) >= 3
+    overlapped = [c for c in claims[1:] if any(s < c < e for s, e in writes)]
+    assert overlapped, "every claim waited for all writes before it to end"
+    assert {d["status"] for d in deliveries(seeded_oa)} == {"done"}

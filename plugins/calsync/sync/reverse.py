@@ -415,54 +415,71 @@ class IntegrationDrain:
                     group.reason,
                 )
 
-    async def run_until_empty(self, deadline: float, batch: int = CLAIM_BATCH) -> DrainReport:
+    async def run_until_empty(self, deadline: float, batch: int | None = None) -> DrainReport:
         """Deliver claimed batches until none is due or ``deadline`` passes. The next batch is
         claimed (and its schedules read) once fewer than ``REFILL_AT`` × the writes allowed
-        in flight remain, so the suite requests never wait for a batch's slowest delivery
-        nor for the claim; what is claimed is delivered, the deadline only stops claiming."""
+        in flight remain to be written, so the suite requests never wait for a batch's
+        slowest delivery, its bookkeeping nor the claim; what is claimed is delivered, the
+        deadline only stops claiming."""
+        batch = batch or CLAIM_BATCH
         in_flight = self.config.execution.concurrency * PER_MAILBOX
         semaphore = asyncio.Semaphore(in_flight)
         refill_at = max(1, min(batch // 2, REFILL_AT * in_flight))
-        outstanding = 0
-        changed = asyncio.Condition()
-        failures: list[BaseException] = []
+        outstanding = 0  # claimed, not yet recorded
+        unwritten = 0  # claimed, not yet written to the suite (or failed)
+        wake = asyncio.Event()  # set as each delivery is written and as it ends
+        failures: list[Exception] = []
 
         async def one(item: outbox.Claimed, snap: Snapshot | None) -> None:
-            nonlocal outstanding
+            nonlocal outstanding, unwritten
+            written = False
             try:
                 async with semaphore:  # bounds the suite requests, not the bookkeeping
                     outcome = await self._write(item, snap)
+                written = True
+                unwritten -= 1
+                wake.set()
                 if outcome is not None:
                     await self._recorded(item, outcome, snap)
-            except BaseException as exc:  # _write and _recorded record their own failures
+            except Exception as exc:  # both record their own failures: this is a bug
                 failures.append(exc)
             finally:
+                if not written:
+                    unwritten -= 1
                 outstanding -= 1
-                async with changed:
-                    changed.notify_all()
+                wake.set()
 
-        async def until(level: int) -> None:
-            async with changed:
-                await changed.wait_for(lambda: outstanding <= level)
+        async def until(level: int, writes_only: bool = False) -> None:
+            while (unwritten if writes_only else outstanding) > level:
+                wake.clear()
+                await wake.wait()
 
         tasks: set[asyncio.Task[None]] = set()
         await self._db(self._guard_deletes)
-        while time.monotonic() < deadline and not failures:
-            claimed = await self._db(self._claim, batch)
-            if not claimed:
-                if not outstanding:
-                    break
-                await until(
-                    0
-                )  # what is in flight may free more (a re-armed change): look once more
-                continue
-            snaps = await self._db(self._snapshots, [item.schedule_id for item in claimed])
-            for item in claimed:
-                outstanding += 1
-                task = asyncio.create_task(one(item, snaps.get(item.schedule_id)))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            await until(refill_at)
+        try:
+            while time.monotonic() < deadline and not failures:
+                claimed = await self._db(self._claim, batch)
+                if not claimed:
+                    if not outstanding:
+                        break
+                    # A delivery in flight may re-arm another: look once more after them.
+                    await until(0)
+                    continue
+                snaps = await self._db(self._snapshots, [item.schedule_id for item in claimed])
+                for item in claimed:
+                    outstanding += 1
+                    unwritten += 1
+                    task = asyncio.create_task(one(item, snaps.get(item.schedule_id)))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                await until(refill_at, writes_only=True)
+        except asyncio.CancelledError:
+            for task in list(tasks):
+                task.cancel()
+            raise
+        except Exception:  # a claim or a read failed: what is in flight still ends and is recorded
+            await until(0)
+            raise
         await until(0)
         if failures:
             raise failures[0]
