@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import importlib
 import json
 import os
 import random
@@ -240,20 +239,9 @@ execution: {{concurrency: {args.concurrency}, claim_lease_s: 3600}}
     )
 
 
-def warm_up(config: Any) -> None:
-    """Load what a task process has loaded before it drains — Airflow (the connection
-    lookup imports it: seconds on this machine) and the suite's connector module —, so the
-    timed drain is the drain alone, as in the forward scenarios' workers."""
-    from airflow.sdk import BaseHook
-
-    from calsync.connectors.base import connector_for
-
-    BaseHook.get_connection(config.connection_id)
-    importlib.import_module("airflow.providers.common.compat.sdk")
-    connector_for(config)  # imports the connector's module; not entered, nothing opened
-
-
 def run_drain(engine: Any, config: Any, worker: str = "bench") -> tuple[dict[str, Any], float]:
+    from scale_worker import warm_up
+
     from calsync.connectors.base import connector_for
     from calsync.mapping import MappingLibrary
     from calsync.oa import store
@@ -261,7 +249,7 @@ def run_drain(engine: Any, config: Any, worker: str = "bench") -> tuple[dict[str
 
     library = MappingLibrary.load(ROOT / "include" / "mappings")
     run = store.RunInfo("*", "bench_reverse", f"drain-{worker}")
-    warm_up(config)
+    warm_up(config)  # as the forward workers: start-up is not drain time
     started = time.perf_counter()
     summary = asyncio.run(
         drain(engine, [config], library, connector_for, run, worker=worker, time_budget_s=3600)

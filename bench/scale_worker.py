@@ -23,7 +23,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT), str(ROOT / "bench")]
-CONNECTORS = {"graph": "graph", "exchange": "exchange", "alimail": "alimail"}
 
 
 def peak_rss_mb() -> float:
@@ -94,6 +93,21 @@ def engine_run(
     return wall, counts, sum(1 for r in results if r.error), errors, OA_APPLY_S[0]
 
 
+def warm_up(config: Any) -> None:
+    """Load what a task process has loaded before it syncs or drains — Airflow (the
+    connection lookup imports it: seconds on this machine), the compat SDK the connectors
+    import on their first call, and the suite's connector module —: start-up, not sync time."""
+    import importlib
+
+    from airflow.sdk import BaseHook
+
+    from calsync.connectors.base import connector_for
+
+    BaseHook.get_connection(config.connection_id)
+    importlib.import_module("airflow.providers.common.compat.sdk")
+    connector_for(config)  # imports the connector's module; not entered, nothing opened
+
+
 def main() -> int:
     job = json.loads(sys.argv[1])
     os.environ.update(job["env"])
@@ -108,14 +122,7 @@ def main() -> int:
     library = MappingLibrary.load(ROOT / "include" / "mappings")
     window = scheduled_window(dt.datetime.now(dt.UTC), config.timezone, config.window_days)
     engine = engine_from_url(job["oa_url"])
-    # What a task process has loaded before it syncs (the connection lookup imports Airflow;
-    # ~5-20 s on this machine): start-up, not sync time.
-    import importlib
-
-    from airflow.sdk import BaseHook
-
-    BaseHook.get_connection(config.connection_id)
-    importlib.import_module(f"calsync.connectors.{CONNECTORS[job['suite']]}")
+    warm_up(config)
     reader = None
     if job["mode"] == "naive":
         import naive_sync

@@ -63,7 +63,8 @@ log = logging.getLogger("calsync.reverse")
 
 PER_MAILBOX = 4  # Graph allows 4 concurrent requests per mailbox; the others are no tighter
 CLAIM_BATCH = 500  # deliveries claimed (and their schedules read) at once
-REFILL_AT = 2  # the next batch is claimed when fewer than this × the writes in flight remain
+REFILL_AT = 2  # the next batch is claimed when at most this × the writes allowed in flight
+# remain to be written
 RECORD_BATCH = 500  # at most this many deliveries' bookkeeping in one OA transaction
 RECORD_LINGER_S = 0.02  # a flush waits this long for more deliveries to join it
 _READ = {SQLITE_BEGIN_OPTION: "DEFERRED"}  # snapshot reads never wait for SQLite's write lock
@@ -417,8 +418,8 @@ class IntegrationDrain:
 
     async def run_until_empty(self, deadline: float, batch: int | None = None) -> DrainReport:
         """Deliver claimed batches until none is due or ``deadline`` passes. The next batch is
-        claimed (and its schedules read) once fewer than ``REFILL_AT`` × the writes allowed
-        in flight remain to be written, so the suite requests never wait for a batch's
+        claimed (and its schedules read) once at most ``REFILL_AT`` × the writes allowed in
+        flight remain to be written, so the suite requests never wait for a batch's
         slowest delivery, its bookkeeping nor the claim; what is claimed is delivered, the
         deadline only stops claiming."""
         batch = batch or CLAIM_BATCH
@@ -432,20 +433,18 @@ class IntegrationDrain:
 
         async def one(item: outbox.Claimed, snap: Snapshot | None) -> None:
             nonlocal outstanding, unwritten
-            written = False
             try:
-                async with semaphore:  # bounds the suite requests, not the bookkeeping
-                    outcome = await self._write(item, snap)
-                written = True
-                unwritten -= 1
-                wake.set()
+                try:
+                    async with semaphore:  # bounds the suite requests, not the bookkeeping
+                        outcome = await self._write(item, snap)
+                finally:
+                    unwritten -= 1
+                    wake.set()
                 if outcome is not None:
                     await self._recorded(item, outcome, snap)
             except Exception as exc:  # both record their own failures: this is a bug
                 failures.append(exc)
             finally:
-                if not written:
-                    unwritten -= 1
                 outstanding -= 1
                 wake.set()
 
