@@ -30,6 +30,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
 
+from emulators.common import gc_tuning  # noqa: E402 (after the path set-up above)
+
 
 def start(suite: str, tls_dir: Path, latency_ms: float, limit: int) -> tuple[Any, bool]:
     if suite == "graph":
@@ -99,9 +101,11 @@ def main() -> int:
     parser.add_argument("--latency-ms", type=float, default=20)
     parser.add_argument("--limit", type=int, required=True)
     args = parser.parse_args()
+    gc_tuning.tune()
     emu, enforced = start(args.suite, args.tls_dir, args.latency_ms, args.limit)
     try:
         emu.load_seed(json.loads(args.seed.read_text(encoding="utf-8")))
+        gc_tuning.freeze_loaded()
         state = emu.state()
         ready = {
             "airflow_conn_json": emu.airflow_conn_json(),

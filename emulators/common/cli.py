@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from emulators.common import gc_tuning
+
 
 def run(args: argparse.Namespace, make_emulator: Callable[[], Any]) -> int:
     """Run until SIGTERM/SIGINT; ``args`` carries ``verbose``, ``seed`` and ``state_file``."""
@@ -29,9 +31,11 @@ def run(args: argparse.Namespace, make_emulator: Callable[[], Any]) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
 
+    gc_tuning.tune()
     emulator = make_emulator()
     if args.seed:
         emulator.load_seed(args.seed)
+    gc_tuning.freeze_loaded()
     emulator.start()
     try:
         state = json.dumps(emulator.state(), ensure_ascii=False)

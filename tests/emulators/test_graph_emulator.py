@@ -431,6 +431,28 @@ def test_delivery_gives_attendees_copies_with_the_same_ical_uid(emu: GraphEmulat
     assert emu.store.events(A)[0]["iCalUId"] == moved["iCalUId"]
 
 
+def test_stored_items_share_nothing_with_the_request_or_each_other(emu: GraphEmulator) -> None:
+    body = event(
+        "Shared",
+        "2026-12-01T09:00:00",
+        "2026-12-01T10:00:00",
+        attendees=[person(B), person(C)],
+        categories=["Blue"],
+    )
+    meeting = emu.store.add_event(A, body)
+    body["attendees"][0]["emailAddress"]["name"] = "changed in the request"
+    body["categories"].append("Red")
+    emu.store.update_event(B, emu.store.events(B)[0]["id"], {"categories": ["Green"]})
+    carol = emu.store.events(C)[0]
+    carol["attendees"].clear()  # a rendered copy is the caller's to change
+
+    assert emu.store.events(A)[0]["attendees"][0]["emailAddress"]["name"] == "bob"
+    assert emu.store.events(A)[0]["categories"] == ["Blue"] == meeting["categories"]
+    assert emu.store.events(B)[0]["categories"] == ["Green"]
+    assert emu.store.events(C)[0]["categories"] == []
+    assert len(emu.store.events(C)[0]["attendees"]) == 2
+
+
 def test_transaction_id_makes_create_idempotent(client: GraphClient, emu: GraphEmulator) -> None:
     body = event(
         "Created by calsync",
