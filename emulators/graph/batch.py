@@ -20,10 +20,11 @@ and random faults. Sub-requests count in the stats' ``by_kind``, ``by_mailbox``,
 
 from __future__ import annotations
 
-import json
 import time
 from email.message import Message
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from emulators.graph.faults import Verdict
 from emulators.graph.wire import Request, Response, graph_error
@@ -121,7 +122,7 @@ class BatchApi:
             for name, value in (entry.get("headers") or {}).items():
                 headers[name] = str(value)
             body = entry.get("body")
-            raw = b"" if body is None else json.dumps(body, ensure_ascii=False).encode("utf-8")
+            raw = b"" if body is None else orjson.dumps(body)
             target = "/v1.0/" + url.lstrip("/")
             subs.append((sub_id, Request(method.upper(), target, headers, raw, host=req.host)))
         return subs
