@@ -457,7 +457,9 @@ class GraphApi:
 
     def _create(self, req: Request, user: str, args: list[str]) -> Response:
         email = self._box(user)
-        created, replayed = self.store.create_event(email, self._event_body(req), deliver=True)
+        created, replayed = self.store.create_event(
+            email, self._event_body(req), deliver=True, shared=True
+        )
         if replayed:
             self.stats.add("transaction_replays")
         return self._one(req, self.store.get_instance(email, created["id"]), 201)

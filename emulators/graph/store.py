@@ -519,12 +519,13 @@ class Store:
         return self.create_event(mailbox, event, deliver)[0]
 
     def create_event(
-        self, mailbox: str, event: dict[str, Any], deliver: bool = True
+        self, mailbox: str, event: dict[str, Any], deliver: bool = True, shared: bool = False
     ) -> tuple[dict[str, Any], bool]:
-        """``add_event`` that also says whether ``transactionId`` matched an existing event."""
+        """``add_event`` that also says whether ``transactionId`` matched an existing event.
+        ``shared``: the stored fields themselves, not a copy: read them, never change them."""
         with self._lock:
             item, replayed = self._create(mailbox, event, deliver)
-            return self._raw(item), replayed
+            return (item.data if shared else self._raw(item)), replayed
 
     def _create(self, mailbox: str, event: dict[str, Any], deliver: bool) -> tuple[Item, bool]:
         box = self.add_mailbox(mailbox)
