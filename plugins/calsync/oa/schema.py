@@ -228,7 +228,7 @@ write_origin = sa.Table(
     sa.Column("origin", sa.String(100), nullable=False),
 )
 
-# Filled by triggers on oa_schedules / oa_schedule_participants (migration 0003). A delete
+# Filled by triggers on oa_schedules / oa_schedule_participants (migrations 0003, 0005). A delete
 # keeps the schedule's creator and title; its links are copied to calsync_deleted_links.
 outbox = sa.Table(
     "calsync_outbox",
