@@ -250,3 +250,87 @@ def test_undefined_connection_is_not_a_missing_mailbox(seeded_oa, graph):
     errors = {r.error for r in result["results"].values()}
     assert errors == {"Airflow connection 'calsync_nowhere' is not defined"}
     assert all(r.retriable is False for r in result["results"].values())
+
+
+def apply_as_one_group(forward: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Every in-scope mailbox read in full, then applied as one group (group commit), in
+    scope order: later mailboxes must see what earlier ones wrote in the same transaction.
+    The group must commit as one (not fall back to one transaction per mailbox)."""
+    import asyncio
+
+    from calsync.connectors.base import connector_for
+    from calsync.oa import store
+    from calsync.sync import forward as engine
+
+    forward.runs += 1
+    window = forward.window()
+    with forward.engine.connect() as conn:
+        users = store.resolve_scope(conn, forward.config.scope, forward.config.binding).users
+        ctx, _ = engine.build_context(conn, forward.config, forward.library)
+    run = store.RunInfo(forward.config.id, "test_dag", f"group-{forward.runs}")
+    settings = engine.ApplySettings(forward.config, ctx, window, run)
+
+    async def read() -> list[Any]:
+        async with connector_for(forward.config) as connector:
+            return [
+                engine.ReadMailbox(u, await connector.list_events(u.mailbox, window)) for u in users
+            ]
+
+    def one_by_one(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the group fell back to one transaction per mailbox")
+
+    monkeypatch.setattr(engine, "apply_mailbox", one_by_one)
+    outcomes = engine.apply_group(forward.engine, settings, asyncio.run(read()))
+    totals: dict[str, int] = {}
+    for outcome in outcomes:
+        assert not isinstance(outcome, Exception), outcome
+        for key, value in outcome.items():
+            totals[key] = totals.get(key, 0) + value
+    return totals
+
+
+def test_one_group_of_every_mailbox_gives_what_mailbox_by_mailbox_gives(
+    forward, graph, monkeypatch
+):
+    totals = apply_as_one_group(forward, monkeypatch)
+    assert (totals["created"], totals["linked"], totals["skipped"]) == (12, 2 + 7 * 2 + 4, 1)
+    by_title = schedules(forward.engine)
+    assert all(len(rows) == 1 for title, rows in by_title.items() if "stand-up" not in title)
+    assert len(by_title["每日站会 Daily stand-up"]) == 7
+    first = oa_snapshot(forward.engine)
+
+    assert set(apply_as_one_group(forward, monkeypatch)) <= {"unchanged", "skipped"}
+    assert oa_snapshot(forward.engine) == first
+
+    # the organiser (first in the group) edits a meeting and sets up a new one with B: an
+    # edit is written at once (not deferred), the new meeting with it; B, later in the same
+    # transaction, links its copy to that schedule and follows the edit
+    (weekly,) = by_title["项目周会 Weekly project sync"]
+    graph.store.update_event(
+        A, find(graph, A, "项目周会 Weekly project sync")["id"], {"subject": "周会 v2"}
+    )
+    graph.store.add_event(
+        A,
+        {
+            "subject": "新会议 New meeting",
+            "start": {"dateTime": f"{TODAY}T16:00:00", "timeZone": "Asia/Shanghai"},
+            "end": {"dateTime": f"{TODAY}T17:00:00", "timeZone": "Asia/Shanghai"},
+            "attendees": [{"type": "required", "emailAddress": {"address": B, "name": "Li Na"}}],
+        },
+    )
+    totals = apply_as_one_group(forward, monkeypatch)
+    assert (totals["updated"], totals["created"], totals["linked"]) == (1, 1, 1)
+    assert "deleted" not in totals
+    by_title = schedules(forward.engine)
+    assert len(by_title["新会议 New meeting"]) == 1
+    assert [row.id for row in by_title["周会 v2"]] == [weekly.id]
+    assert "项目周会 Weekly project sync" not in by_title
+
+    # then deletes it: its copies are cancelled; the schedule and every link go once
+    graph.store.delete_event(A, find(graph, A, "周会 v2")["id"])
+    totals = apply_as_one_group(forward, monkeypatch)
+    assert totals["deleted"] == 1 and "created" not in totals
+    assert "周会 v2" not in schedules(forward.engine)
+    with forward.engine.connect() as conn:
+        links = sa.select(sa.func.count()).select_from(t.links)
+        assert conn.execute(links.where(t.links.c.schedule_id == weekly.id)).scalar() == 0

@@ -158,20 +158,9 @@ def load_rooms(conn: sa.Connection) -> tuple[dict[str, int], dict[int, str], lis
 def load_mailbox_state(
     conn: sa.Connection, integration_id: str, mailbox: str, identity_keys: Iterable[str]
 ) -> tuple[list[LinkRow], dict[str, MeetingRow]]:
+    """A mailbox's links, and the meetings with one of these identities or of its links."""
     links = [
-        LinkRow(
-            id=r.id,
-            mailbox=r.mailbox,
-            suite_id=r.suite_id,
-            identity_key=r.identity_key,
-            schedule_id=r.schedule_id,
-            change_key=r.change_key,
-            content_hash=r.content_hash,
-            event_start_utc=r.event_start_utc,
-            event_end_utc=r.event_end_utc,
-            event_start_date=r.event_start_date,
-            event_end_date=r.event_end_date,
-        )
+        _link_row(r)
         for r in conn.execute(
             sa.select(t.links).where(
                 t.links.c.integration_id == integration_id, t.links.c.mailbox == mailbox
@@ -179,10 +168,64 @@ def load_mailbox_state(
         )
     ]
     keys = set(identity_keys) | {link.identity_key for link in links}
+    return links, _meetings(conn, integration_id, keys)
+
+
+class PreloadedStates:
+    """``load_mailbox_state`` for a group's mailboxes, read with a few statements for the
+    whole group instead of two per mailbox (each a round trip the writer waits for).
+
+    It holds what the database had when it was read: the caller drops it as soon as anything
+    is written that a later mailbox's state could include (a flush of the group's pending
+    creates, a plan that is not deferred); a mailbox's own deferred creates touch only its own
+    links and meetings of its own identities. Bounded by the group."""
+
+    def __init__(
+        self, conn: sa.Connection, integration_id: str, keys: dict[str, list[str]]
+    ) -> None:
+        self._links: dict[str, list[LinkRow]] = {mailbox: [] for mailbox in keys}
+        for chunk in outbox.chunks(list(keys)):
+            for r in conn.execute(
+                sa.select(t.links).where(
+                    t.links.c.integration_id == integration_id, t.links.c.mailbox.in_(chunk)
+                )
+            ):
+                self._links[r.mailbox].append(_link_row(r))
+        wanted = {key for mailbox_keys in keys.values() for key in mailbox_keys}
+        wanted.update(link.identity_key for links in self._links.values() for link in links)
+        self._meetings = _meetings(conn, integration_id, wanted)
+
+    def take(
+        self, mailbox: str, identity_keys: Iterable[str]
+    ) -> tuple[list[LinkRow], dict[str, MeetingRow]] | None:
+        """What ``load_mailbox_state`` would return now (once per mailbox; None if not read)."""
+        links = self._links.pop(mailbox, None)
+        if links is None:
+            return None
+        keys = set(identity_keys) | {link.identity_key for link in links}
+        meetings = {key: self._meetings[key] for key in keys if key in self._meetings}
+        return links, meetings
+
+
+def _link_row(r: sa.Row[Any]) -> LinkRow:
+    return LinkRow(
+        id=r.id,
+        mailbox=r.mailbox,
+        suite_id=r.suite_id,
+        identity_key=r.identity_key,
+        schedule_id=r.schedule_id,
+        change_key=r.change_key,
+        content_hash=r.content_hash,
+        event_start_utc=r.event_start_utc,
+        event_end_utc=r.event_end_utc,
+        event_start_date=r.event_start_date,
+        event_end_date=r.event_end_date,
+    )
+
+
+def _meetings(conn: sa.Connection, integration_id: str, keys: set[str]) -> dict[str, MeetingRow]:
     meetings: dict[str, MeetingRow] = {}
-    key_list = sorted(keys)
-    for i in range(0, len(key_list), 500):
-        chunk = key_list[i : i + 500]
+    for chunk in outbox.chunks(sorted(keys), 500):
         for r in conn.execute(
             sa.select(t.meetings).where(
                 t.meetings.c.integration_id == integration_id,
@@ -192,7 +235,7 @@ def load_mailbox_state(
             meetings[r.identity_key] = MeetingRow(
                 r.id, r.identity_key, r.schedule_id, r.owner_mailbox, r.content_hash
             )
-    return links, meetings
+    return meetings
 
 
 # --- applying a plan -------------------------------------------------------------------

@@ -221,12 +221,18 @@ class _Tail:
     creates: store.GroupWrites
     logs: list[dict[str, Any]] = field(default_factory=list)
     states: dict[str, str] = field(default_factory=dict)
+    # The group's link state read up front; dropped once a write could have changed it.
+    preloaded: store.PreloadedStates | None = None
 
     def flush(self, conn: sa.Connection, s: ApplySettings) -> None:
         self.creates.flush(conn)  # first: the sync-log rows take the new schedules' ids
         store.write_logs(conn, self.logs)
         store.save_sync_states(conn, s.config.id, s.window.start, s.window.end, self.states)
         self.logs, self.states = [], {}
+
+
+def _identity_keys(prepared: list[Any]) -> list[str]:
+    return [p.event.identity_key for p in prepared if p.data is not None]
 
 
 def _apply_in(
@@ -247,10 +253,14 @@ def _apply_in(
         if state:
             tail.states[user.mailbox] = _state_row(s.context, state)
         return {}
-    keys = [p.event.identity_key for p in prepared if p.data is not None]
+    keys = _identity_keys(prepared)
     if tail.creates.holds_any(keys):  # a meeting an earlier mailbox of the group creates
         tail.creates.flush(conn)
-    links, meetings = store.load_mailbox_state(conn, s.config.id, user.mailbox, keys)
+        tail.preloaded = None  # it holds none of what the flush wrote
+    loaded = tail.preloaded.take(user.mailbox, keys) if tail.preloaded is not None else None
+    if loaded is None:
+        loaded = store.load_mailbox_state(conn, s.config.id, user.mailbox, keys)
+    links, meetings = loaded
     plan = plan_mailbox(
         user.mailbox,
         prepared,
@@ -271,6 +281,7 @@ def _apply_in(
     deferred = store.deferrable(plan, s.run)
     if not deferred:  # its statements must see every write planned before it
         tail.creates.flush(conn)
+        tail.preloaded = None  # and its writes may reach later mailboxes' links and meetings
     rekey_meetings(conn, s.config.id, plan)  # E11: a re-link by marker with a new iCalUId
     outcome, logs = store.apply_plan(conn, plan, user, s.run, tail.creates if deferred else None)
     logs.extend(_note_rows(plan, s.run, user))
@@ -350,6 +361,14 @@ def apply_group(
                 outbox.write_origin(conn, outbox.forward_origin(s.config.id)),
             ):
                 tail = _Tail(store.GroupWrites(s.config.id))
+                tail.preloaded = store.PreloadedStates(
+                    conn,
+                    s.config.id,
+                    {
+                        r.user.mailbox: _identity_keys(p)
+                        for r, p in zip(group, prepared, strict=True)
+                    },
+                )
                 counts = [
                     _apply_in(conn, s, r, p, tail) for r, p in zip(group, prepared, strict=True)
                 ]
