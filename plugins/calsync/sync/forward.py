@@ -221,7 +221,8 @@ class _Tail:
     creates: store.GroupWrites
     logs: list[dict[str, Any]] = field(default_factory=list)
     states: dict[str, str] = field(default_factory=dict)
-    # The group's link state read up front; dropped once a write could have changed it.
+    # The link state of the group's fully read mailboxes, read up front (an incremental read
+    # needs little of it, or none); dropped once a write could have changed it.
     preloaded: store.PreloadedStates | None = None
 
     def flush(self, conn: sa.Connection, s: ApplySettings) -> None:
@@ -361,14 +362,13 @@ def apply_group(
                 outbox.write_origin(conn, outbox.forward_origin(s.config.id)),
             ):
                 tail = _Tail(store.GroupWrites(s.config.id))
-                tail.preloaded = store.PreloadedStates(
-                    conn,
-                    s.config.id,
-                    {
-                        r.user.mailbox: _identity_keys(p)
-                        for r, p in zip(group, prepared, strict=True)
-                    },
-                )
+                full_reads = {
+                    r.user.mailbox: _identity_keys(p)
+                    for r, p in zip(group, prepared, strict=True)
+                    if r.changes is None or r.changes.full
+                }
+                if full_reads:
+                    tail.preloaded = store.PreloadedStates(conn, s.config.id, full_reads)
                 counts = [
                     _apply_in(conn, s, r, p, tail) for r, p in zip(group, prepared, strict=True)
                 ]
