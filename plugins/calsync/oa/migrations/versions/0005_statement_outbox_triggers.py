@@ -56,31 +56,29 @@ BEGIN
   END IF;
   RETURN NULL;
 END $$""",
-    *(
-        f"CREATE TRIGGER calsync_outbox_schedule_{event} AFTER {event_sql} ON oa_schedules "
-        "REFERENCING NEW TABLE AS calsync_new "
-        "FOR EACH STATEMENT EXECUTE FUNCTION calsync_outbox_schedule_rows()"
-        for event, event_sql in (("ins", "INSERT"), ("upd", "UPDATE"))
-    ),
-    *(
-        f"CREATE TRIGGER calsync_outbox_participant_{event} AFTER {event_sql} "
-        f"ON oa_schedule_participants REFERENCING {table} TABLE AS calsync_{table.lower()} "
-        "FOR EACH STATEMENT EXECUTE FUNCTION calsync_outbox_participant_rows()"
-        for event, event_sql, table in (
-            ("ins", "INSERT", "NEW"),
-            ("upd", "UPDATE", "NEW"),
-            ("del", "DELETE", "OLD"),
-        )
-    ),
+    "CREATE TRIGGER calsync_outbox_schedule_ins AFTER INSERT ON oa_schedules "
+    "REFERENCING NEW TABLE AS calsync_new "
+    "FOR EACH STATEMENT EXECUTE FUNCTION calsync_outbox_schedule_rows()",
+    "CREATE TRIGGER calsync_outbox_schedule_upd AFTER UPDATE ON oa_schedules "
+    "REFERENCING NEW TABLE AS calsync_new "
+    "FOR EACH STATEMENT EXECUTE FUNCTION calsync_outbox_schedule_rows()",
+    "CREATE TRIGGER calsync_outbox_participant_ins AFTER INSERT ON oa_schedule_participants "
+    "REFERENCING NEW TABLE AS calsync_new "
+    "FOR EACH STATEMENT EXECUTE FUNCTION calsync_outbox_participant_rows()",
+    "CREATE TRIGGER calsync_outbox_participant_upd AFTER UPDATE ON oa_schedule_participants "
+    "REFERENCING NEW TABLE AS calsync_new "
+    "FOR EACH STATEMENT EXECUTE FUNCTION calsync_outbox_participant_rows()",
+    "CREATE TRIGGER calsync_outbox_participant_del AFTER DELETE ON oa_schedule_participants "
+    "REFERENCING OLD TABLE AS calsync_old "
+    "FOR EACH STATEMENT EXECUTE FUNCTION calsync_outbox_participant_rows()",
 ]
 
 _DOWN = [
     "DROP TRIGGER IF EXISTS calsync_outbox_schedule_ins ON oa_schedules",
     "DROP TRIGGER IF EXISTS calsync_outbox_schedule_upd ON oa_schedules",
-    *(
-        f"DROP TRIGGER IF EXISTS calsync_outbox_participant_{event} ON oa_schedule_participants"
-        for event in ("ins", "upd", "del")
-    ),
+    "DROP TRIGGER IF EXISTS calsync_outbox_participant_ins ON oa_schedule_participants",
+    "DROP TRIGGER IF EXISTS calsync_outbox_participant_upd ON oa_schedule_participants",
+    "DROP TRIGGER IF EXISTS calsync_outbox_participant_del ON oa_schedule_participants",
     "DROP FUNCTION IF EXISTS calsync_outbox_participant_rows()",
     "DROP FUNCTION IF EXISTS calsync_outbox_schedule_rows()",
     # 0003's row triggers (their functions were never dropped)
