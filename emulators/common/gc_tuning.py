@@ -16,9 +16,13 @@ THRESHOLDS = (100_000, 50, 100)
 
 
 def tune() -> None:
-    """Rarer collections (only ever raised; a disabled collector stays off)."""
+    """Rarer collections: each threshold only ever raised, and automatic collection switched
+    off (a first threshold of 0) stays off. The same rule as calsync's own sync processes
+    (``calsync.sync.process_tuning``), kept apart so the emulators do not load calsync's
+    sync engine."""
     current = gc.get_threshold()
-    gc.set_threshold(*(max(a, b) for a, b in zip(current, THRESHOLDS, strict=True)))
+    if current[0] != 0:
+        gc.set_threshold(*(max(a, b) for a, b in zip(current, THRESHOLDS, strict=True)))
 
 
 def freeze_loaded() -> None:

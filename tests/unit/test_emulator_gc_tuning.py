@@ -27,6 +27,12 @@ def test_thresholds_are_only_raised(restore: None) -> None:
     assert gc.get_threshold() == (500_000, 50, 1_000)
 
 
+def test_automatic_collection_switched_off_stays_off(restore: None) -> None:
+    gc.set_threshold(0, 10, 10)
+    gc_tuning.tune()
+    assert gc.get_threshold() == (0, 10, 10)
+
+
 def test_what_is_loaded_is_frozen_out_of_collections(restore: None) -> None:
     store = [{"n": n} for n in range(1_000)]
     gc_tuning.freeze_loaded()
