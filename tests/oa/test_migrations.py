@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,40 @@ def test_concurrent_upgrades_wait_for_each_other(blank_oa_url: str) -> None:
     finally:
         for e in engines:
             e.dispose()
+
+
+def test_a_waiting_upgrade_starts_after_the_first_has_committed(blank_oa_url: str) -> None:
+    """The lock outlives the commit: on MySQL/MariaDB a migration without DDL (0005 there) leaves
+    the version stamps uncommitted until the end, so a lock released before the commit let the
+    next upgrader read an old revision and run a migration twice ("Duplicate column")."""
+    first, second = engine_from_url(blank_oa_url), engine_from_url(blank_oa_url)
+    committing = threading.Event()
+
+    @sa.event.listens_for(first, "commit")
+    def _slow_commit(_conn: sa.Connection) -> None:  # runs just before the DBAPI commit
+        committing.set()
+        time.sleep(0.5)
+
+    results: dict[str, object] = {}
+
+    def run(name: str, engine: sa.Engine) -> None:
+        try:
+            results[name] = upgrade(engine)
+        except Exception as exc:  # reported below
+            results[name] = exc
+
+    threads = [threading.Thread(target=run, args=("first", first))]
+    threads[0].start()
+    try:
+        assert committing.wait(30)
+        threads.append(threading.Thread(target=run, args=("second", second)))
+        threads[1].start()
+        for th in threads:
+            th.join(60)
+        assert results == {"first": head(), "second": head()}
+    finally:
+        first.dispose()
+        second.dispose()
 
 
 # --- the migrated database equals schema.py -----------------------------------------------

@@ -58,35 +58,47 @@ def current(engine: sa.Engine) -> str | None:
 
 
 @contextlib.contextmanager
-def _migration_lock(conn: sa.Connection) -> Iterator[None]:
-    name = conn.dialect.name
-    if name == "postgresql":  # released with the transaction
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
-        yield
-    elif name in ("mysql", "mariadb"):  # session lock: DDL commits implicitly there
+def _migrating(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A connection in a transaction, holding calsync's migration lock until it has committed.
+
+    PostgreSQL's advisory lock and SQLite's write lock (calsync's engines BEGIN IMMEDIATE) end
+    with the transaction. MySQL/MariaDB's GET_LOCK belongs to the session, so it is taken before
+    the transaction begins and released only after the commit: a migration without DDL (which
+    would commit implicitly there) must not let a waiting upgrader read the old version stamp.
+    """
+    with engine.connect() as conn:
+        if conn.dialect.name not in ("mysql", "mariadb"):
+            with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+                yield conn
+            return
         got = conn.execute(
             sa.text("SELECT GET_LOCK(:n, :t)"), {"n": _LOCK_NAME, "t": _LOCK_TIMEOUT_S}
         ).scalar()
+        conn.commit()
         if got != 1:
             raise TimeoutError(f"another calsync migration held {_LOCK_NAME!r} too long")
         try:
-            yield
+            with conn.begin():
+                yield conn
         finally:
+            if conn.in_transaction():  # a failed commit leaves one open
+                conn.rollback()
             conn.execute(sa.text("SELECT RELEASE_LOCK(:n)"), {"n": _LOCK_NAME})
-    else:  # SQLite: calsync's engines BEGIN IMMEDIATE, i.e. hold the write lock already
-        yield
+            conn.commit()
 
 
 def upgrade(engine: sa.Engine, revision: str = "head") -> str | None:
     """Upgrade the OA database to ``revision``; a no-op when it is there. Returns the revision."""
-    with engine.begin() as conn, _migration_lock(conn):
+    with _migrating(engine) as conn:
         command.upgrade(alembic_config(conn), revision)
     return current(engine)
 
 
 def downgrade(engine: sa.Engine, revision: str) -> str | None:
     """Downgrade to ``revision`` (``base`` drops calsync's tables). For development and tests."""
-    with engine.begin() as conn, _migration_lock(conn):
+    with _migrating(engine) as conn:
         command.downgrade(alembic_config(conn), revision)
     return current(engine)
 
