@@ -157,6 +157,11 @@ links = sa.Table(
     sa.Column("event_end_date", sa.Date, nullable=True),
     sa.Column("created_at", DATETIME_US, nullable=False),
     sa.Column("updated_at", DATETIME_US, nullable=False),
+    # A hash of the event as read and of the mapping context that made ``content_hash`` of
+    # it: an event read again with the same hash maps to the same content, so forward sync
+    # skips mapping it. Empty when unknown (written by reverse sync, or before migration
+    # 0006, which added it last).
+    sa.Column("source_hash", sa.String(64), nullable=False, server_default=""),
     sa.UniqueConstraint("integration_id", "mailbox", "suite_id", name="uq_calsync_links_suite"),
     sa.Index("ix_calsync_links_mailbox", "integration_id", "mailbox"),
     sa.Index("ix_calsync_links_identity", "integration_id", "identity_key"),

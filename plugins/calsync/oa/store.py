@@ -207,6 +207,24 @@ class PreloadedStates:
         return links, meetings
 
 
+def load_source_hashes(
+    conn: sa.Connection, integration_id: str, mailboxes: Iterable[str]
+) -> dict[str, dict[str, str]]:
+    """Per mailbox, its links' known source hashes by suite id (forward sync's hint of which
+    events it need not map again; checked against the link when the mailbox is written)."""
+    found: dict[str, dict[str, str]] = {}
+    for chunk in outbox.chunks(sorted(set(mailboxes))):
+        for mailbox, suite_id, source in conn.execute(
+            sa.select(t.links.c.mailbox, t.links.c.suite_id, t.links.c.source_hash).where(
+                t.links.c.integration_id == integration_id,
+                t.links.c.mailbox.in_(chunk),
+                t.links.c.source_hash != "",
+            )
+        ):
+            found.setdefault(mailbox, {})[suite_id] = source
+    return found
+
+
 def _link_row(r: sa.Row[Any]) -> LinkRow:
     return LinkRow(
         id=r.id,
@@ -216,6 +234,7 @@ def _link_row(r: sa.Row[Any]) -> LinkRow:
         schedule_id=r.schedule_id,
         change_key=r.change_key,
         content_hash=r.content_hash,
+        source_hash=r.source_hash,
         event_start_utc=r.event_start_utc,
         event_end_utc=r.event_end_utc,
         event_start_date=r.event_start_date,
@@ -303,6 +322,7 @@ def _link_values(item: Prepared) -> dict[str, Any]:
         "identity_key": event.identity_key[:400],
         "change_key": event.change_key[:200],
         "content_hash": item.hash,
+        "source_hash": item.source_hash,
         "event_start_utc": start_utc,
         "event_end_utc": end_utc,
         "event_start_date": start_date,

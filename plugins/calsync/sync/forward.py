@@ -19,6 +19,15 @@ The stored state row holds ``{"context": <fingerprint>, "feed": <the connector's
 the fingerprint covers what turns suite events into OA content besides the events themselves
 (integration settings, mapping files, users in scope, rooms). When it changes, unchanged
 events would map differently, so the next run starts a new round (a full read).
+
+Events read again unchanged are not mapped again: a link keeps the hash of the event it was
+last written from, together with that fingerprint (:func:`source_hash`). An event with its
+link's hash would map to the content the link records, so the mapper only marks it
+(``Prepared.unmapped``, given the link's content hash when its mailbox is written); a full
+read of an unchanged mailbox (a suite without a change feed, or a new round) costs a hash
+per event, not a mapping. The mapper learns the hashes from a read at the start of the task;
+the writer checks each against the link as it is then, and maps whatever does not match or
+whatever the planner would act on.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 
 from calsync.config import IntegrationConfig
@@ -43,7 +53,17 @@ from calsync.oa.db import OADatabaseUnavailable
 from calsync.oa.rekey import calsync_key_prefix, rekey_meetings
 from calsync.sync import process_tuning
 from calsync.sync.guard import hold_reason
-from calsync.sync.plan import Create, Drop, LinkTo, Update, plan_mailbox
+from calsync.sync.plan import (
+    Create,
+    Drop,
+    LinkRow,
+    LinkTo,
+    MailboxPlan,
+    MeetingRow,
+    Prepared,
+    Update,
+    plan_mailbox,
+)
 from calsync.sync.prepare import PrepareContext, prepare_event
 
 log = logging.getLogger(__name__)
@@ -138,6 +158,14 @@ def context_fingerprint(config: IntegrationConfig, ctx: PrepareContext, library:
     return digest.hexdigest()[:20]
 
 
+def source_hash(context: str, event: SuiteEvent) -> str:
+    """A hash of everything mapping ``event`` reads: the event as normalised (every field) and
+    the mapping context's fingerprint (the mailbox's user is in it). Equal hashes map equally;
+    a value hashed by its ``repr`` that is not stable only costs a mapping."""
+    raw = orjson.dumps(event, default=repr, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(context.encode() + b"\0" + raw, digest_size=16).hexdigest()
+
+
 def _feed_state(row: store.SyncStateRow | None, window: Window, context: str) -> str | None:
     """The connector state to continue from, or None to start a new round."""
     if row is None or (row.window_start, row.window_end) != (window.start, window.end):
@@ -198,6 +226,7 @@ class ReadMailbox:
     events: list[SuiteEvent]
     changes: ChangeSet | None = None
     prepared: list[Any] | None = None  # the events mapped (``_prepare``), once done
+    known: dict[str, str] | None = None  # suite id → source hash of its link, when read
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +262,65 @@ class _Tail:
 
 
 def _identity_keys(prepared: list[Any]) -> list[str]:
-    return [p.event.identity_key for p in prepared if p.data is not None]
+    return [p.event.identity_key for p in prepared if p.data is not None or p.unmapped]
+
+
+def _map_now(s: ApplySettings, user: OAUser, item: Prepared) -> Prepared:
+    mapped = prepare_event(item.event, user, s.ctx)
+    mapped.source_hash = item.source_hash
+    return mapped
+
+
+def _vouched(
+    s: ApplySettings, user: OAUser, prepared: list[Prepared], links: list[LinkRow]
+) -> list[Prepared]:
+    """``prepared`` with each unmapped item given its link's content hash, or mapped now when
+    the link (as the transaction sees it) no longer has the item's source hash."""
+    if not any(p.unmapped for p in prepared):
+        return prepared
+    by_suite = {link.suite_id: link for link in links}
+    out = []
+    for item in prepared:
+        if item.unmapped:
+            link = by_suite.get(item.event.suite_id)
+            if link is not None and link.source_hash == item.source_hash:
+                item._hash = link.content_hash
+            else:
+                item = _map_now(s, user, item)
+        out.append(item)
+    return out
+
+
+def _plan(
+    s: ApplySettings,
+    read: ReadMailbox,
+    prepared: list[Prepared],
+    links: list[LinkRow],
+    meetings: dict[str, MeetingRow],
+    removed: list[str] | None,
+) -> MailboxPlan:
+    """The mailbox's plan. An unmapped item the plan would act on is mapped, and the mailbox
+    planned again (planning is pure and cheap): every action sees real content."""
+    prepared = _vouched(s, read.user, prepared, links)
+    while True:  # each pass maps at least one item, so it ends
+        plan = plan_mailbox(
+            read.user.mailbox,
+            prepared,
+            links,
+            meetings,
+            s.window,
+            frozenset(s.ctx.users_by_mailbox),
+            removed,
+            marker_prefix=calsync_key_prefix(s.config.id),
+        )
+        acted_on = {
+            id(item)
+            for action in plan.actions
+            if (item := getattr(action, "item", None)) is not None and item.unmapped
+        }
+        if not acted_on:
+            return plan
+        prepared = [_map_now(s, read.user, p) if id(p) in acted_on else p for p in prepared]
 
 
 def _apply_in(
@@ -262,16 +349,7 @@ def _apply_in(
     if loaded is None:
         loaded = store.load_mailbox_state(conn, s.config.id, user.mailbox, keys)
     links, meetings = loaded
-    plan = plan_mailbox(
-        user.mailbox,
-        prepared,
-        links,
-        meetings,
-        s.window,
-        frozenset(s.ctx.users_by_mailbox),
-        removed,
-        marker_prefix=calsync_key_prefix(s.config.id),
-    )
+    plan = _plan(s, read, prepared, links, meetings, removed)
     held = (
         None
         if s.confirm_deletes
@@ -308,7 +386,21 @@ def _apply_in(
 
 
 def _prepare(s: ApplySettings, read: ReadMailbox) -> list[Any]:
-    return [prepare_event(event, read.user, s.ctx) for event in read.events]
+    """The mailbox's events mapped, or marked unmapped where their link's source hash (read
+    at the start of the task) says they were read exactly so before."""
+    if not s.context:
+        return [prepare_event(event, read.user, s.ctx) for event in read.events]
+    known = read.known or {}
+    out = []
+    for event in read.events:
+        source = source_hash(s.context, event)
+        if known.get(event.suite_id) == source:
+            out.append(Prepared(event, source_hash=source, unmapped=True))
+        else:
+            item = prepare_event(event, read.user, s.ctx)
+            item.source_hash = source
+            out.append(item)
+    return out
 
 
 def apply_mailbox(
@@ -451,16 +543,15 @@ async def sync_users(
     ``execution.concurrency`` mailboxes are read at once; read mailboxes queue for one writer
     thread, which applies what is waiting as a group (:func:`apply_group`). The queue is
     bounded, so at most about ``concurrency + 2 × GROUP_MAILBOXES`` mailboxes' events are in
-    memory whatever the number of users; results keep counts only."""
+    memory whatever the number of users (besides the source hashes of the task's links, a
+    suite id and a hash each, dropped as their mailboxes are read); results keep counts only."""
     process_tuning.tune_for_sync()  # GIL switch interval and GC thresholds (see the module)
     with engine.connect() as conn:
         ctx, room_problems = build_context(conn, config, library)
-        states = (
-            store.load_sync_states(conn, config.id, [u.mailbox for u in users])
-            if incremental
-            else {}
-        )
-    context = context_fingerprint(config, ctx, library) if incremental else ""
+        mailboxes = [u.mailbox for u in users]
+        states = store.load_sync_states(conn, config.id, mailboxes) if incremental else {}
+        known = store.load_source_hashes(conn, config.id, mailboxes)
+    context = context_fingerprint(config, ctx, library)
     settings = ApplySettings(config, ctx, window, run, context, confirm_deletes)
     feed = {"supported": incremental}
     if room_problems:
@@ -499,7 +590,7 @@ async def sync_users(
                     events = changes.events
                     if changes.removed and not getattr(connector, "markers_in_changes", True):
                         await _complete_markers(connector, user.mailbox, events)
-                read_box = ReadMailbox(user, events, changes)
+                read_box = ReadMailbox(user, events, changes, known=known.pop(user.mailbox, None))
                 read_box.prepared = await loop.run_in_executor(mapper, _prepare, settings, read_box)
                 # queued before the slot is given up: a full queue stops reading, so only
                 # the in-flight mailboxes' events are ever held

@@ -51,6 +51,7 @@ class LinkRow:
     schedule_id: int
     change_key: str = ""
     content_hash: str = ""
+    source_hash: str = ""
     event_start_utc: dt.datetime | None = None
     event_end_utc: dt.datetime | None = None
     event_start_date: dt.date | None = None
@@ -81,7 +82,12 @@ class MeetingRow:
 
 @dataclass(slots=True)
 class Prepared:
-    """An event after filtering and mapping: ``data`` is set unless skipped or failed."""
+    """An event after filtering and mapping: ``data`` is set unless skipped or failed.
+
+    ``unmapped``: not mapped, because its link's ``source_hash`` says it was read exactly so
+    before (calsync.sync.forward): ``hash`` is then that link's content hash, which is what
+    mapping it would give. The planner finds it unchanged; any action it would plan for it
+    instead makes the caller map it and plan again."""
 
     event: SuiteEvent
     data: ScheduleData | None = None
@@ -89,6 +95,8 @@ class Prepared:
     error: str | None = None
     owner_mailbox: str = ""
     notes: list[str] = field(default_factory=list)  # worth a sync-log line when written
+    source_hash: str = ""  # of the event and the mapping context; "" when not known
+    unmapped: bool = False
     _hash: str | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -294,6 +302,7 @@ def plan_mailbox(
                 link.suite_id != event.suite_id
                 or link.change_key != event.change_key
                 or link.content_hash != item.hash
+                or link.source_hash != item.source_hash  # so the next read need not map it
                 or _extent_differs(link, event)
             )
             if content_changed or bookkeeping:

@@ -72,8 +72,8 @@ _UPDATE_LINK = (
     sa.update(t.links)
     .where(t.links.c.id == sa.bindparam("_id"))
     .values({c: sa.bindparam(f"v_{c}") for c in (
-        "suite_id", "ical_uid", "identity_key", "change_key", "content_hash", "event_start_utc",
-        "event_end_utc", "event_start_date", "event_end_date", "updated_at",
+        "suite_id", "ical_uid", "identity_key", "change_key", "content_hash", "source_hash",
+        "event_start_utc", "event_end_utc", "event_start_date", "event_end_date", "updated_at",
     )})
 )  # fmt: skip
 
@@ -768,6 +768,8 @@ class IntegrationDrain:
             "identity_key": event.identity_key[:400],
             "change_key": event.change_key[:200],
             "content_hash": data_hash,
+            # the OA's content, not a mapping of this event: forward sync maps it when read
+            "source_hash": "",
             "event_start_utc": start_utc,
             "event_end_utc": end_utc,
             "event_start_date": start_date,
