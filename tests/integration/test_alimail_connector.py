@@ -17,7 +17,7 @@ import pytest
 
 from calsync.connectors.alimail import AlimailConnector
 from calsync.connectors.alimail_http import RetryPolicy
-from calsync.connectors.base import EventWrite, IncrementalNotSupported, connector_for
+from calsync.connectors.base import EventWrite, connector_for
 from calsync.errors import ConnectorError, MailboxNotFound
 from calsync.model import Attendee, SuiteEvent, Window
 from emulators.alimail import AlimailEmulator, FailSpec
@@ -151,13 +151,56 @@ def test_dst_transition_in_a_non_china_zone(
     assert len({e.identity_key for e in events}) == 4
 
 
-def test_unknown_mailbox_and_list_changes(alimail_connector: Factory) -> None:
+def test_unknown_mailbox(alimail_connector: Factory) -> None:
     connector = alimail_connector()
     with pytest.raises(MailboxNotFound) as info:
         run(connector.list_events("ghost@example.com", WINDOW))
     assert info.value.retriable is False
-    with pytest.raises(IncrementalNotSupported):
-        run(connector.list_changes(A, WINDOW, None))
+    with pytest.raises(MailboxNotFound):
+        run(connector.list_changes("ghost@example.com", WINDOW, '{"calendar": "cal-1"}'))
+
+
+def test_list_changes_reads_in_full_and_remembers_the_calendar(
+    alimail: AlimailEmulator, alimail_connector: Factory
+) -> None:
+    """No change feed: every change set is the whole window (full), and its state spares the
+    next run (a new connector, as a new task) the calendar listing."""
+    alimail.store.add_event(A, timed("kept", "2026-12-02T09:00:00", "2026-12-02T10:00:00"))
+    first = run(alimail_connector().list_changes(A, WINDOW, None))
+    assert [e.subject for e in first.events] == ["kept"]
+    assert (first.removed, first.full) == ([], True)
+    assert alimail.stats["by_kind"] == {"token": 1, "calendars_list": 1, "events_view": 1}
+
+    alimail.store.add_event(A, timed("new", "2026-12-03T09:00:00", "2026-12-03T10:00:00"))
+    before = dict(alimail.stats["by_kind"])
+    second = run(alimail_connector().list_changes(A, WINDOW, first.state))
+    assert sorted(e.subject for e in second.events) == ["kept", "new"]
+    assert second.full and second.state == first.state
+    spent = {k: v - before.get(k, 0) for k, v in alimail.stats["by_kind"].items()}
+    assert {k: v for k, v in spent.items() if v} == {"token": 1, "events_view": 1}
+
+
+@pytest.mark.parametrize("state", ['{"calendar": "deleted-calendar"}', "not json", '{"x": 1}'])
+def test_a_gone_or_unreadable_remembered_calendar_is_looked_up_again(
+    alimail: AlimailEmulator, alimail_connector: Factory, state: str
+) -> None:
+    alimail.store.add_event(A, timed("kept", "2026-12-02T09:00:00", "2026-12-02T10:00:00"))
+    fresh = run(alimail_connector().list_changes(A, WINDOW, None))
+    changes = run(alimail_connector().list_changes(A, WINDOW, state))
+    assert [e.subject for e in changes.events] == ["kept"]
+    assert changes.state == fresh.state
+
+
+def test_list_changes_follows_the_configured_folder(
+    alimail: AlimailEmulator, alimail_connector: Factory
+) -> None:
+    alimail.store.add_event(
+        A, timed("project", "2026-12-02T09:00:00", "2026-12-02T10:00:00"), calendar=OTHER_CALENDAR
+    )
+    default = run(alimail_connector().list_changes(A, WINDOW, None))
+    folder = run(alimail_connector(calendar_folder=OTHER_CALENDAR).list_changes(A, WINDOW, None))
+    assert default.events == [] and [e.subject for e in folder.events] == ["project"]
+    assert default.state != folder.state
 
 
 def test_unreadable_event_does_not_sink_the_mailbox(

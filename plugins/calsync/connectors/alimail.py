@@ -48,8 +48,13 @@ properties, set ``alimail_wire.CUSTOM_PROPERTY_FIELD`` and the key is written th
 The connector is synchronous ``requests`` code run in a thread pool of its own (sized to the
 integration's read concurrency), behind the async interface: simple, debuggable code with
 real connection pooling, and no second HTTP stack to trust. Retries, tokens and TLS: see
-``calsync.connectors.alimail_http``. There is no change feed in this API: ``list_changes``
-stays unsupported (the base class raises IncrementalNotSupported).
+``calsync.connectors.alimail_http``.
+
+There is no change feed in this API, so every read is the window's view. ``list_changes``
+returns it as a full change set (``full=True``: planned as a full read) whose state remembers
+the mailbox's calendar id: a scheduled run then costs one view request per mailbox (plus
+paging), not a calendar listing first. A remembered calendar that is gone (deleted, or the
+folder renamed) is looked up again and the read retried once.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import json
 import logging
 import re
 import threading
@@ -76,6 +82,7 @@ from calsync.connectors.alimail_http import (
 )
 from calsync.connectors.base import (
     CALSYNC_PROPERTY_NAME,
+    ChangeSet,
     EventWrite,
     SuiteConnector,
     write_differences,
@@ -569,9 +576,25 @@ class AlimailConnector(SuiteConnector):
 
     # --- reads ---
 
-    def _view(self, mailbox: str, lo: dt.datetime, hi: dt.datetime) -> list[SuiteEvent]:
-        http = self._client()
+    def _view(
+        self, mailbox: str, lo: dt.datetime, hi: dt.datetime, remembered: str | None = None
+    ) -> tuple[list[SuiteEvent], str]:
+        """The window's events and the calendar read. ``remembered``: a calendar id from an
+        earlier run, used without listing calendars; if it is gone, they are listed again."""
+        calendar_id = self._calendars.get(mailbox) or remembered
+        if calendar_id is not None:
+            try:
+                return self._view_of(mailbox, calendar_id, lo, hi), calendar_id
+            except _CalendarGone:
+                log.info("calendar %s of %s is gone: looking it up again", calendar_id, mailbox)
+                self._calendars.pop(mailbox, None)
         calendar_id = self._calendar_id(mailbox)
+        return self._view_of(mailbox, calendar_id, lo, hi), calendar_id
+
+    def _view_of(
+        self, mailbox: str, calendar_id: str, lo: dt.datetime, hi: dt.datetime
+    ) -> list[SuiteEvent]:
+        http = self._client()
         path = user_path(wire.EVENT_VIEW_PATH, mailbox, calendar=calendar_id)
         events: dict[str, SuiteEvent] = {}
         problems: list[SuiteEvent] = []
@@ -588,7 +611,10 @@ class AlimailConnector(SuiteConnector):
             try:
                 _, body = http.call("events_view", "GET", path, params=query)
             except ApiError as exc:
-                raise self._fail(mailbox, "reading the calendar view", exc) from None
+                failure = self._fail(mailbox, "reading the calendar view", exc)
+                if not cursor and exc.code == wire.CODE_CALENDAR_NOT_FOUND:
+                    raise _CalendarGone(str(failure), status=exc.status, retriable=False) from None
+                raise failure from None
             items = wire.first(body, wire.PAGE_ITEMS, [])
             if not isinstance(items, list):
                 raise ConnectorError(f"Alibaba Mail view of {mailbox}: no event list in answer")
@@ -616,12 +642,16 @@ class AlimailConnector(SuiteConnector):
 
     async def list_events(self, mailbox: str, window: Window) -> list[SuiteEvent]:
         lo, hi = window.bounds_utc()
-        events = await self._run(self._view, mailbox, lo, hi)
-        return [
-            e
-            for e in events
-            if "unreadable" in e.extra or window.overlaps(e.start, e.end, e.start_date, e.end_date)
-        ]
+        events, _ = await self._run(self._view, mailbox, lo, hi)
+        return _in_window(events, window)
+
+    async def list_changes(self, mailbox: str, window: Window, state: str | None) -> ChangeSet:
+        """The full window (module docstring: no change feed), reading the calendar the state
+        remembers; the new state remembers the calendar read."""
+        lo, hi = window.bounds_utc()
+        events, calendar_id = await self._run(self._view, mailbox, lo, hi, _calendar_of(state))
+        state = json.dumps({STATE_CALENDAR: calendar_id}, separators=(",", ":"))
+        return ChangeSet(_in_window(events, window), [], state, full=True)
 
     def _get(self, mailbox: str, suite_id: str) -> SuiteEvent | None:
         calendar_id = self._calendar_id(mailbox)
@@ -645,7 +675,7 @@ class AlimailConnector(SuiteConnector):
         start = lo
         while start < hi:
             stop = min(hi, start + step)
-            for event in self._view(mailbox, start, stop):
+            for event in self._view(mailbox, start, stop)[0]:
                 if event.calsync_key == key:
                     return event
             start = stop
@@ -799,6 +829,31 @@ class AlimailConnector(SuiteConnector):
         if http is not None:
             http.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _CalendarGone(ConnectorError):
+    """The calendar id a view was asked for does not exist (any more)."""
+
+
+STATE_CALENDAR = "calendar"  # list_changes' state: {"calendar": <id>}
+
+
+def _calendar_of(state: str | None) -> str | None:
+    """The calendar id a state remembers; None for none or one not understood."""
+    try:
+        found = json.loads(state) if state else None
+    except ValueError:
+        return None
+    calendar_id = found.get(STATE_CALENDAR) if isinstance(found, dict) else None
+    return calendar_id if isinstance(calendar_id, str) and calendar_id else None
+
+
+def _in_window(events: list[SuiteEvent], window: Window) -> list[SuiteEvent]:
+    return [
+        e
+        for e in events
+        if "unreadable" in e.extra or window.overlaps(e.start, e.end, e.start_date, e.end_date)
+    ]
 
 
 def pick_calendar(calendars: list[dict[str, Any]], folder: str | None) -> dict[str, Any] | None:
