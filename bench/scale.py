@@ -228,14 +228,16 @@ def suite_concurrency(suite: str, args: argparse.Namespace) -> int:
 
 
 def reverse_concurrency(suite: str, args: argparse.Namespace) -> int:
-    """``execution.concurrency`` of the reverse integration (up to 4 writes per mailbox in
-    flight each): ``--reverse-concurrency``, else 32 for Graph and the tenant limit shared
-    by the drain processes for Exchange and Alibaba Mail."""
+    """``execution.concurrency`` of the reverse integration: ``--reverse-concurrency``, else
+    32 for Graph (up to 4 writes per mailbox in flight each) and the tenant limit shared by
+    the drain processes for Exchange and Alibaba Mail, whose connectors send at most
+    ``execution.concurrency`` requests at once (their worker threads), however many writes
+    the drain has in flight."""
     if args.reverse_concurrency:
         return int(args.reverse_concurrency)
     if suite == "graph":
         return GRAPH_REVERSE_CONCURRENCY
-    return max(1, suite_limit(suite, args) // (4 * args.processes))
+    return max(1, suite_limit(suite, args) // args.processes)
 
 
 def suite_limit(suite: str, args: argparse.Namespace) -> int:
@@ -262,7 +264,7 @@ def floors(suite: str, users: int, events: int, latency_s: float, tenant_limit: 
         allowed = tenant_limit
     else:
         full = users * (1 + math.ceil(events / 100))  # calendar list + view pages
-        resync = users * math.ceil(events / 100)  # no change feed: the view again
+        resync = users * math.ceil(events / 100)  # no change feed: the view (calendar remembered)
         changed = resync
         allowed = tenant_limit
 
