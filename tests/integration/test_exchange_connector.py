@@ -370,6 +370,26 @@ def test_create_is_idempotent_found_by_key_updated_in_place_and_deleted(emu: Ews
     assert emu.store.find_by_uid(A, made.ical_uid) == []
 
 
+def test_a_create_is_one_request_and_describes_the_item_as_a_read_would(emu: EwsEmulator) -> None:
+    """calsync sets the meeting's UID, so CreateItem's answer (id and change key) completes
+    what was written: no GetItem after it. What it returns agrees with a read of the item, and
+    the attendee's copy carries the same UID (one meeting for forward sync)."""
+    config = make_config(emu, invitation_mode="SendOnlyToAll")
+    write = oa_event(key="k-one", attendees=[Attendee(B, "Bob")])
+    made = call(config, "create_event", A, write)
+    assert emu.stats.by_operation["CreateItem"] == 1
+    assert emu.stats.by_operation["GetItem"] == 0
+    got = call(config, "get_event", A, made.suite_id)
+    assert got is not None
+    same = ("suite_id", "ical_uid", "identity_key", "change_key", "start", "end", "all_day",
+            "start_date", "end_date", "timezone", "subject", "calsync_key")  # fmt: skip
+    assert {f: getattr(made, f) for f in same} == {f: getattr(got, f) for f in same}
+    assert made.organizer is not None and got.organizer is not None
+    assert made.organizer.email == got.organizer.email == A
+    assert [a.email for a in made.attendees] == [a.email for a in got.attendees] == [B]
+    assert [c["id"] for c in emu.store.find_by_uid(B, made.ical_uid)]  # the invitation's copy
+
+
 def test_created_item_carries_marker_zone_and_windows_name(emu: EwsEmulator) -> None:
     config = make_config(emu)  # the write's zone wins (the engine fills it from the config)
     write = oa_event(key="k-ny", attendees=[], timezone="America/New_York")

@@ -62,6 +62,7 @@ import functools
 import json
 import logging
 import threading
+import uuid
 import zlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -994,9 +995,18 @@ class ExchangeConnector(SuiteConnector):
                     account.primary_smtp_address,
                 )
                 return existing
-        item = CalendarItem(account=account, folder=account.calendar, **self._values(event))
+        # calsync gives the meeting its UID, so the new item is known without reading it back:
+        # CreateItem answers with its id and change key, the rest is what was written (one
+        # request per create instead of two). Its modification time is the create's, by this
+        # machine's clock (nothing decides on it: conflicts compare a fresh read's).
+        item = CalendarItem(
+            account=account, folder=account.calendar, uid=uuid.uuid4().hex, **self._values(event)
+        )
         item.save(send_meeting_invitations=self.params.invitation_mode)
-        return normalize_item(self._fetch_one(account, item.id), self.config.timezone)
+        made = normalize_item(item, self.config.timezone)
+        made.organizer = Attendee(account.primary_smtp_address.lower(), "", "required", "organizer")
+        made.last_modified = dt.datetime.now(dt.UTC).replace(microsecond=0)  # as EWS gives it
+        return made
 
     async def create_event(self, mailbox: str, event: EventWrite) -> SuiteEvent:
         return await self._run(mailbox, lambda account: self._create(account, event))
