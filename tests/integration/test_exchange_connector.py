@@ -865,6 +865,21 @@ def view(events: dict[str, SuiteEvent]) -> set[tuple[Any, ...]]:
     }
 
 
+def test_a_new_round_finds_the_series_masters_in_its_sync_pages(emu: EwsEmulator) -> None:
+    """A first sync state pages through every item anyway: the recurring masters come from
+    those pages (one FindItem, the window's view), and the series ids are a full read's."""
+    seeded = seed_calendar(emu)
+    config = make_config(emu)
+    listed = {e.suite_id: e.series_id for e in call(config, "list_events", A, WINDOW)}
+    assert seeded["daily"]["id"] in listed.values()
+    before = dict(emu.stats.by_operation)
+    first = call(config, "list_changes", A, WINDOW, None)
+    spent = {k: v - before.get(k, 0) for k, v in emu.stats.by_operation.items()}
+    assert first.full
+    assert {e.suite_id: e.series_id for e in first.events} == listed
+    assert spent["FindItem"] == 1 and spent["GetItem"] == 1 and spent["SyncFolderItems"] >= 1
+
+
 def test_sync_folder_items_incremental_equals_a_full_read(emu: EwsEmulator) -> None:
     seeded = seed_calendar(emu)
     config = make_config(emu)

@@ -103,7 +103,13 @@ from calsync.connectors.base import (
     EventWrite,
     SuiteConnector,
 )
-from calsync.connectors.exchange_raw import RawGetItem, normalize_element, unreadable_element
+from calsync.connectors.exchange_raw import (
+    RawGetItem,
+    RawSyncFolderItems,
+    master_of,
+    normalize_element,
+    unreadable_element,
+)
 from calsync.connectors.exchange_transport import (
     BoundedFaultTolerance,
     endpoint_for,
@@ -743,13 +749,15 @@ class ExchangeConnector(SuiteConnector):
         return found
 
     def _read_window(
-        self, account: Account, window: Window
+        self, account: Account, window: Window, masters: dict[str, str] | None = None
     ) -> tuple[list[SuiteEvent], dict[str, list[str]]]:
-        """Events of the window with series ids filled; master id → occurrence ids."""
+        """Events of the window with series ids filled; master id → occurrence ids.
+        ``masters``: uid → item id of the recurring masters, when already known."""
         events = self._view(account, window)
         series: dict[str, list[str]] = {}
         if any(e.event_type in ("occurrence", "exception") for e in events):
-            masters = self._masters(account)
+            if masters is None:
+                masters = self._masters(account)
             for event in events:
                 if event.event_type in ("occurrence", "exception"):
                     event.series_id = masters.get(event.ical_uid)
@@ -763,26 +771,60 @@ class ExchangeConnector(SuiteConnector):
     # --- incremental ---
 
     @staticmethod
-    def _sync(account: Account, state: str | None) -> tuple[list[tuple[str, Any]], str]:
+    def _sync(
+        account: Account, state: str | None, fields: tuple[str, ...] = SYNC_FIELDS
+    ) -> tuple[list[tuple[str, Any]], str]:
         folder = account.calendar
         folder.item_sync_state = None  # exchangelib falls back to the folder's cached state
         changes = list(
             folder.sync_items(
-                sync_state=state, only_fields=list(SYNC_FIELDS), max_changes_returned=SYNC_PAGE
+                sync_state=state, only_fields=list(fields), max_changes_returned=SYNC_PAGE
             )
         )
         return changes, folder.item_sync_state
 
+    @staticmethod
+    def _fresh_state(account: Account) -> tuple[str, dict[str, str]]:
+        """A new sync state, and uid → item id of the calendar's recurring masters: a new
+        state pages through every item anyway, so the masters come with it (UID and type
+        read straight from the answer, no item objects) instead of two more requests."""
+        folder = account.calendar
+        fields = set(folder.normalize_fields(fields=["uid", "type"]))
+        svc = RawSyncFolderItems(account=account)
+        state: str | None = None
+        masters: dict[str, str] = {}
+        while True:
+            for change in svc.call(
+                folder=folder,
+                shape=ID_ONLY,
+                additional_fields=fields,
+                sync_state=state,
+                ignore=None,
+                max_changes_returned=SYNC_PAGE,
+                sync_scope=None,
+            ):
+                if isinstance(change, Exception):
+                    raise change
+                kind, elem = change
+                found = master_of(elem) if kind == "create" else None
+                if found is not None:
+                    masters[found[0]] = found[1]
+            if svc.sync_state == state or svc.includes_last_item_in_range:
+                return svc.sync_state, masters
+            state = svc.sync_state
+
     def _full(self, account: Account, window: Window, carried: str | None) -> ChangeSet:
-        sync = None
+        # Only the state matters here (the window is read next): a carried state's changes
+        # come as ids alone, a new state's with what finds the recurring masters.
+        sync, masters = None, None
         if carried:
             try:
-                sync = self._sync(account, carried)[1]
+                sync = self._sync(account, carried, ())[1]
             except ews_errors.ErrorInvalidSyncStateData:
                 sync = None
         if sync is None:
-            sync = self._sync(account, None)[1]
-        events, series = self._read_window(account, window)
+            sync, masters = self._fresh_state(account)
+        events, series = self._read_window(account, window, masters)
         state = SyncState(sync, _window_key(window), series)
         return ChangeSet(events=events, removed=[], state=state.encode(), full=True)
 

@@ -22,7 +22,7 @@ import functools
 import zoneinfo
 from typing import Any, ClassVar
 
-from exchangelib.services import GetItem
+from exchangelib.services import GetItem, SyncFolderItems
 from exchangelib.services.common import shape_element
 from exchangelib.util import create_element
 from lxml import etree
@@ -70,6 +70,26 @@ class RawGetItem(GetItem):
             attrs = {"Id": item_id, "ChangeKey": changekey} if changekey else {"Id": item_id}
             etree.SubElement(ids, T + "ItemId", attrs)
         return payload
+
+
+class RawSyncFolderItems(SyncFolderItems):
+    """SyncFolderItems that yields ``(change type, change element)``: a new sync state pages
+    through every item of the calendar, and a first sync needs only the state and the
+    recurring masters' UIDs, not an item object per item."""
+
+    def _elem_to_obj(self, elem: Any) -> Any:
+        return self.change_types_map[elem.tag], elem
+
+
+def master_of(change: Any) -> tuple[str, str] | None:
+    """(UID, item id) when a SyncFolderItems create is a recurring master, else None."""
+    item = change[0] if len(change) else None
+    if item is None or _text(item, "CalendarItemType") != "RecurringMaster":
+        return None
+    uid, item_id = _text(item, "UID"), item.find(T + "ItemId")
+    if not uid or item_id is None or not item_id.get("Id"):
+        return None
+    return uid, item_id.get("Id")
 
 
 def _text(elem: Any, tag: str) -> str | None:
