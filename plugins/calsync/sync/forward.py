@@ -166,12 +166,20 @@ def source_hash(context: str, event: SuiteEvent) -> str:
     return hashlib.blake2b(context.encode() + b"\0" + raw, digest_size=16).hexdigest()
 
 
-def _feed_state(row: store.SyncStateRow | None, window: Window, context: str) -> str | None:
-    """The connector state to continue from, or None to start a new round."""
+def _stored_for(row: store.SyncStateRow | None, window: Window) -> str | None:
+    """The stored state row's text when it was made for ``window``, else None."""
     if row is None or (row.window_start, row.window_end) != (window.start, window.end):
         return None
+    return row.state
+
+
+def _feed_state(row: store.SyncStateRow | None, window: Window, context: str) -> str | None:
+    """The connector state to continue from, or None to start a new round."""
+    stored = _stored_for(row, window)
+    if stored is None:
+        return None
     try:
-        data = json.loads(row.state)
+        data = json.loads(stored)
     except ValueError:
         return None
     if not isinstance(data, dict) or data.get("context") != context:
@@ -227,6 +235,7 @@ class ReadMailbox:
     changes: ChangeSet | None = None
     prepared: list[Any] | None = None  # the events mapped (``_prepare``), once done
     known: dict[str, str] | None = None  # suite id → source hash of its link, when read
+    stored_state: str | None = None  # the state row stored for this window, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +268,13 @@ class _Tail:
         store.write_logs(conn, self.logs)
         store.save_sync_states(conn, s.config.id, s.window.start, s.window.end, self.states)
         self.logs, self.states = [], {}
+
+
+def _keep_state(tail: _Tail, read: ReadMailbox, row: str) -> None:
+    """Queue the mailbox's new state row, unless it is the one stored (a connector without a
+    change feed hands back the same state each run: no write for it)."""
+    if row != read.stored_state:
+        tail.states[read.user.mailbox] = row
 
 
 def _identity_keys(prepared: list[Any]) -> list[str]:
@@ -339,7 +355,7 @@ def _apply_in(
     if removed is not None and not prepared and not removed:
         # nothing changed since the stored state: no plan to make, just the new state
         if state:
-            tail.states[user.mailbox] = _state_row(s.context, state)
+            _keep_state(tail, read, _state_row(s.context, state))
         return {}
     keys = _identity_keys(prepared)
     if tail.creates.holds_any(keys):  # a meeting an earlier mailbox of the group creates
@@ -381,7 +397,7 @@ def _apply_in(
     tail.logs.extend(logs)
     # A held read keeps the old feed state: the same removals come again next time.
     if state and held is None:
-        tail.states[user.mailbox] = _state_row(s.context, state)
+        _keep_state(tail, read, _state_row(s.context, state))
     return outcome.counts
 
 
@@ -590,7 +606,13 @@ async def sync_users(
                     events = changes.events
                     if changes.removed and not getattr(connector, "markers_in_changes", True):
                         await _complete_markers(connector, user.mailbox, events)
-                read_box = ReadMailbox(user, events, changes, known=known.pop(user.mailbox, None))
+                read_box = ReadMailbox(
+                    user,
+                    events,
+                    changes,
+                    known=known.pop(user.mailbox, None),
+                    stored_state=_stored_for(states.get(user.mailbox), window),
+                )
                 read_box.prepared = await loop.run_in_executor(mapper, _prepare, settings, read_box)
                 # queued before the slot is given up: a full queue stops reading, so only
                 # the in-flight mailboxes' events are ever held
