@@ -584,7 +584,9 @@ class AlimailConnector(SuiteConnector):
         calendar_id = self._calendars.get(mailbox) or remembered
         if calendar_id is not None:
             try:
-                return self._view_of(mailbox, calendar_id, lo, hi), calendar_id
+                events = self._view_of(mailbox, calendar_id, lo, hi)
+                self._calendars.setdefault(mailbox, calendar_id)  # this task's writes use it
+                return events, calendar_id
             except _CalendarGone:
                 log.info("calendar %s of %s is gone: looking it up again", calendar_id, mailbox)
                 self._calendars.pop(mailbox, None)
