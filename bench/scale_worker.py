@@ -160,7 +160,7 @@ def main() -> int:
                     "failed_users": failed,
                     "errors": errors,
                     "peak_rss_mb": round(rss),
-                    "oa_apply_s": None if oa_apply is None else round(oa_apply, 2),
+                    "oa_apply_s": None if oa_apply is None else round(oa_apply, 3),
                     "cpu_s": round(time.process_time() - cpu_before, 2),
                 }
             ),

@@ -47,9 +47,12 @@ def test_scale_harness_runs_and_the_baseline_writes_the_same_oa(
     assert runs["1"]["naive"]["counts"].get("created") == 30
     assert runs["2"]["engine"]["counts"].get("created", 0) == 0
     assert runs["3"]["engine"]["counts"].get("updated") == forward["changed_events"] == 1
+    # the OA writer's busy time is reported; an unchanged re-sync of 3 users may take < 1 ms
+    assert runs["1"]["engine"]["oa_apply_s"] > 0
     for scenario in ("1", "2", "3"):
         assert runs[scenario]["engine"].get("processes", 1) == processes
-        assert runs[scenario]["engine"]["oa_apply_s"] > 0
+        assert isinstance(runs[scenario]["engine"]["oa_apply_s"], float)
+        assert runs[scenario]["engine"]["oa_apply_s"] >= 0
         assert runs[scenario]["engine"]["requests"] > 0
         assert runs[scenario]["engine"]["failed_users"] == 0
         assert forward["floor"][scenario]["floor_s"] > 0
