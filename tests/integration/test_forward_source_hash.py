@@ -152,9 +152,8 @@ def test_an_event_reverse_sync_wrote_is_mapped_on_its_next_read(seeded_oa, graph
     forward()
     (weekly,) = schedules(seeded_oa)[WEEKLY]
     oa_update(seeded_oa, weekly.id, title="项目周会 (OA edit)")
-    assert ReverseRunner(seeded_oa, [both]).counts(ReverseRunner(seeded_oa, [both])()) == {
-        "updated": 1
-    }
+    reverse = ReverseRunner(seeded_oa, [both])
+    assert reverse.counts(reverse()) == {"updated": 1}
     owner = sa.and_(t.links.c.schedule_id == weekly.id, t.links.c.mailbox == A)
     with seeded_oa.connect() as conn:
         assert conn.execute(sa.select(t.links.c.source_hash).where(owner)).scalar() == ""

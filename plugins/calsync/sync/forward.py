@@ -281,10 +281,11 @@ def _identity_keys(prepared: list[Any]) -> list[str]:
     return [p.event.identity_key for p in prepared if p.data is not None or p.unmapped]
 
 
-def _map_now(s: ApplySettings, user: OAUser, item: Prepared) -> Prepared:
-    mapped = prepare_event(item.event, user, s.ctx)
-    mapped.source_hash = item.source_hash
-    return mapped
+def _mapped(s: ApplySettings, user: OAUser, event: SuiteEvent, source: str) -> Prepared:
+    """``event`` filtered and mapped, carrying its source hash (stored with its link)."""
+    item = prepare_event(event, user, s.ctx)
+    item.source_hash = source
+    return item
 
 
 def _vouched(
@@ -302,7 +303,7 @@ def _vouched(
             if link is not None and link.source_hash == item.source_hash:
                 item._hash = link.content_hash
             else:
-                item = _map_now(s, user, item)
+                item = _mapped(s, user, item.event, item.source_hash)
         out.append(item)
     return out
 
@@ -336,7 +337,10 @@ def _plan(
         }
         if not acted_on:
             return plan
-        prepared = [_map_now(s, read.user, p) if id(p) in acted_on else p for p in prepared]
+        prepared = [
+            _mapped(s, read.user, p.event, p.source_hash) if id(p) in acted_on else p
+            for p in prepared
+        ]
 
 
 def _apply_in(
@@ -413,9 +417,7 @@ def _prepare(s: ApplySettings, read: ReadMailbox) -> list[Any]:
         if known.get(event.suite_id) == source:
             out.append(Prepared(event, source_hash=source, unmapped=True))
         else:
-            item = prepare_event(event, read.user, s.ctx)
-            item.source_hash = source
-            out.append(item)
+            out.append(_mapped(s, read.user, event, source))
     return out
 
 
