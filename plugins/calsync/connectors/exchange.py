@@ -87,7 +87,7 @@ from exchangelib import (
 )
 from exchangelib import errors as ews_errors
 from exchangelib.folders import Calendar, Root
-from exchangelib.items import AUTO_RESOLVE, ID_ONLY
+from exchangelib.items import AUTO_RESOLVE, ID_ONLY, SAVE_ONLY
 from exchangelib.properties import Attendee as EwsAttendee
 from exchangelib.properties import DistinguishedFolderId
 from exchangelib.properties import Mailbox as EwsMailbox
@@ -102,6 +102,11 @@ from calsync.connectors.base import (
     ChangeSet,
     EventWrite,
     SuiteConnector,
+)
+from calsync.connectors.exchange_create import (
+    RawCreateItem,
+    calendar_item_element,
+    with_item_id,
 )
 from calsync.connectors.exchange_raw import (
     RawGetItem,
@@ -997,22 +1002,33 @@ class ExchangeConnector(SuiteConnector):
             "_end_timezone": zone,
         }
 
-    def _values(self, event: EventWrite) -> dict[str, Any]:
-        from exchangelib import Body, HTMLBody
-
-        people: dict[str, list[EwsAttendee]] = {"required": [], "optional": [], "resource": []}
+    @staticmethod
+    def _people(event: EventWrite) -> dict[str, list[tuple[str, str]]]:
+        """(email, name) of the write's required, optional and resource attendees, each
+        address once (the first kind it has wins)."""
+        people: dict[str, list[tuple[str, str]]] = {"required": [], "optional": [], "resource": []}
         seen: set[str] = set()
         for person in event.attendees:
             email = person.email.strip().lower()
             if not email or email in seen:
                 continue
             seen.add(email)
-            people.get(person.kind, people["required"]).append(
+            people.get(person.kind, people["required"]).append((email, person.name))
+        return people
+
+    def _values(self, event: EventWrite) -> dict[str, Any]:
+        from exchangelib import Body, HTMLBody
+
+        people = {
+            kind: [
                 EwsAttendee(
-                    mailbox=EwsMailbox(email_address=email, name=person.name or None),
+                    mailbox=EwsMailbox(email_address=email, name=name or None),
                     response_type="Unknown",
                 )
-            )
+                for email, name in group
+            ]
+            for kind, group in self._people(event).items()
+        }
         values = {
             "subject": event.subject,
             "body": HTMLBody(event.body) if event.body_type == "html" else Body(event.body),
@@ -1041,11 +1057,39 @@ class ExchangeConnector(SuiteConnector):
         # CreateItem answers with its id and change key, the rest is what was written (one
         # request per create instead of two). Its modification time is the create's, by this
         # machine's clock (nothing decides on it: conflicts compare a fresh read's).
-        item = CalendarItem(
-            account=account, folder=account.calendar, uid=uuid.uuid4().hex, **self._values(event)
+        uid = uuid.uuid4().hex
+        elem = calendar_item_element(
+            subject=event.subject,
+            body=event.body,
+            html=event.body_type == "html",
+            sensitivity=SENSITIVITY_OUT.get(event.sensitivity.lower(), "Normal"),
+            key=event.key,
+            key_property=(CALSYNC_PROPERTY_SET, CALSYNC_PROPERTY_NAME),
+            uid=uid,
+            times=self._times(event),
+            location=event.location,
+            people=self._people(event),
         )
-        item.save(send_meeting_invitations=self.params.invitation_mode)
-        made = normalize_item(item, self.config.timezone)
+        if elem is None:  # values exchangelib refuses: its own item raises its own error
+            item = CalendarItem(
+                account=account, folder=account.calendar, uid=uid, **self._values(event)
+            )
+            item.save(send_meeting_invitations=self.params.invitation_mode)
+            made = normalize_item(item, self.config.timezone)
+        else:
+            result = RawCreateItem(account=account).get(
+                items=[elem],
+                folder=account.calendar,
+                message_disposition=SAVE_ONLY,
+                send_meeting_invitations=self.params.invitation_mode,
+            )
+            made = normalize_element(
+                with_item_id(elem, result.id, result.changekey),
+                self.config.timezone,
+                responses=RESPONSES,
+                show_as=SHOW_AS,
+                key_property=(CALSYNC_PROPERTY_SET, CALSYNC_PROPERTY_NAME),
+            )
         made.organizer = Attendee(account.primary_smtp_address.lower(), "", "required", "organizer")
         made.last_modified = dt.datetime.now(dt.UTC).replace(microsecond=0)  # as EWS gives it
         return made

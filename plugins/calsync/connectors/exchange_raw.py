@@ -107,7 +107,7 @@ def _instant(text: str | None) -> dt.datetime | None:
 
 
 def _bool(text: str | None) -> bool:
-    return (text or "").strip().lower() == "true"
+    return (text or "").strip().lower() in ("true", "1")  # xs:boolean
 
 
 @functools.lru_cache(maxsize=256)
