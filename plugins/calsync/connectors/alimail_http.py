@@ -35,6 +35,7 @@ import requests
 import urllib3
 
 from calsync.connectors import alimail_wire as wire
+from calsync.connectors.http_env import EnvOnceSession
 from calsync.errors import ConnectorError
 
 log = logging.getLogger(__name__)
@@ -241,7 +242,7 @@ class AlimailHttp:
         self._credentials = credentials
         self.policy = policy or RetryPolicy()
         self.timeout_s = timeout_s
-        self.session = requests.Session()
+        self.session = EnvOnceSession()
         adapter = requests.adapters.HTTPAdapter(
             pool_connections=2, pool_maxsize=max(2, pool_size), max_retries=0
         )

@@ -118,6 +118,7 @@ from calsync.connectors.exchange_raw import (
 from calsync.connectors.exchange_transport import (
     BoundedFaultTolerance,
     endpoint_for,
+    install_env_once,
     install_fast_bodies,
     install_log_filter,
     install_pool_fix,
@@ -158,6 +159,7 @@ _register_key_property()
 install_log_filter()
 install_pool_fix()
 install_fast_bodies()
+install_env_once()
 
 READ_FIELDS = (
     "subject",

@@ -23,6 +23,8 @@
   (~1 MB) went through a million Python-level reads, the larger part of the connector's CPU.
   Our adapter hands exchangelib responses that iterate in 64 KiB chunks (same bytes, same
   streaming parser).
+- ``install_env_once``: exchangelib's sessions become ``http_env.EnvOnceSession`` (the proxy
+  and CA environment read once per origin, not for every request: ~0.18 ms each).
 - ``install_log_filter``: exchangelib's DEBUG dumps of each request carry its headers
   (``Authorization``) and mailbox XML; they are dropped so no credential reaches a log (F15).
 """
@@ -41,6 +43,8 @@ import requests.adapters
 from exchangelib.errors import RateLimitError, SessionPoolMinSizeReached, UnauthorizedError
 from exchangelib.protocol import BaseProtocol, FaultTolerance
 from exchangelib.version import Build
+
+from calsync.connectors.http_env import EnvOnceSession
 
 EWS_PATH = "/EWS/Exchange.asmx"
 
@@ -213,6 +217,23 @@ def install_pool_fix() -> None:
     """Replace exchangelib's deadlock-prone pool shrinking, in this process (idempotent)."""
     with _install_lock:
         BaseProtocol.decrease_poolsize = _decrease_poolsize  # type: ignore[method-assign]
+
+
+_plain_raw_session = BaseProtocol.raw_session.__func__  # type: ignore[attr-defined]
+
+
+def _raw_session(cls: type, prefix: str, *args: Any, **kwargs: Any) -> Any:
+    session = _plain_raw_session(cls, prefix, *args, **kwargs)
+    if type(session) is requests.Session:  # an OAuth2Session keeps its class
+        session.__class__ = EnvOnceSession
+    return session
+
+
+def install_env_once() -> None:
+    """Make exchangelib's sessions read the proxy/CA environment once per origin
+    (``http_env``), in this process (idempotent)."""
+    with _install_lock:
+        BaseProtocol.raw_session = classmethod(_raw_session)  # type: ignore[method-assign,assignment]
 
 
 class _DropRequestDumps(logging.Filter):
