@@ -368,8 +368,11 @@ def forward_scenarios(suite: str, args: argparse.Namespace, workdir: Path) -> di
             for mode, group in workers.items():
                 before = emu.ask({"op": "stats"})
                 pg_before = postgres_cpu_s() if args.oa == "postgresql" else None
+                step = {"label": labels[scenario], "incremental": True}
+                if mode == "engine" and args.profile == scenario:
+                    step["profile"] = str((args.json or workdir / "x").with_suffix(""))
                 for worker in group:  # all at once: they run side by side
-                    worker.send({"label": labels[scenario], "incremental": True})
+                    worker.send(step)
                 result = combined([worker.read() for worker in group])
                 after = emu.ask({"op": "stats"})
                 # where the machine's CPU went: the sync processes, the emulator, PostgreSQL
@@ -582,6 +585,12 @@ def main() -> int:
     )
     parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--profile",
+        choices=["1", "2", "3"],
+        help="attach py-spy (pip install py-spy) to calsync's sync processes for this "
+        "scenario only; its raw stacks are written beside the JSON (or to the work dir)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     args.scenarios = {s.strip() for s in args.scenarios.split(",") if s.strip()}

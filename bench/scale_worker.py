@@ -16,6 +16,9 @@ import json
 import logging
 import os
 import resource
+import shutil
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -108,6 +111,20 @@ def warm_up(config: Any) -> None:
     connector_for(config)  # imports the connector's module; not entered, nothing opened
 
 
+def profile(path: str) -> subprocess.Popen[bytes]:
+    """py-spy sampling this process (threads, GIL holders only: waits are not CPU) into
+    ``path`` until SIGINT; ``--profile`` of scale.py."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        raise SystemExit("--profile needs py-spy: pip install py-spy")
+    command = [spy, "record", "--pid", str(os.getpid()), "--gil", "--threads", "-r", "100"]
+    child = subprocess.Popen(
+        [*command, "-f", "raw", "-o", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    time.sleep(0.5)  # attached before the step starts
+    return child
+
+
 def main() -> int:
     job = json.loads(sys.argv[1])
     os.environ.update(job["env"])
@@ -141,6 +158,11 @@ def main() -> int:
         if step.get("stop"):
             break
         only = set(job["mailboxes"]) if job.get("mailboxes") else None
+        profiler = (
+            profile(f"{step['profile']}.{step['label']}.{os.getpid()}.raw")
+            if step.get("profile")
+            else None
+        )
         cpu_before = time.process_time()
         if reader is not None:
             run = store.RunInfo(config.id, "bench_naive", step["label"])
@@ -151,6 +173,9 @@ def main() -> int:
             wall, counts, failed, errors, oa_apply = engine_run(
                 engine, config, library, window, step["label"], step["incremental"], only
             )
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its file and exits
+            profiler.wait()
         rss = peak_rss_mb()
         print(
             json.dumps(

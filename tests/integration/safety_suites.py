@@ -371,7 +371,7 @@ class ExchangeSuite(Suite):
 
 class AlimailSuite(Suite):
     kind = "alimail_v2"
-    has_change_feed = False  # the API has no change feed: every run reads in full
+    has_change_feed = False  # no change feed: every run reads each view (a digest in the state)
 
     def __init__(self, server: Any) -> None:
         super().__init__(server)

@@ -17,7 +17,7 @@ import pytest
 
 from calsync.connectors.alimail import AlimailConnector
 from calsync.connectors.alimail_http import RetryPolicy
-from calsync.connectors.base import EventWrite, connector_for
+from calsync.connectors.base import ChangeSet, EventWrite, connector_for
 from calsync.errors import ConnectorError, MailboxNotFound
 from calsync.model import Attendee, SuiteEvent, Window
 from emulators.alimail import AlimailEmulator, FailSpec
@@ -160,24 +160,45 @@ def test_unknown_mailbox(alimail_connector: Factory) -> None:
         run(connector.list_changes("ghost@example.com", WINDOW, '{"calendar": "cal-1"}'))
 
 
-def test_list_changes_reads_in_full_and_remembers_the_calendar(
+def test_list_changes_reads_in_full_and_remembers_the_calendar_and_the_view(
     alimail: AlimailEmulator, alimail_connector: Factory
 ) -> None:
-    """No change feed: every change set is the whole window (full), and its state spares the
-    next run (a new connector, as a new task) the calendar listing."""
-    alimail.store.add_event(A, timed("kept", "2026-12-02T09:00:00", "2026-12-02T10:00:00"))
+    """No change feed: a change set is the whole window (full), and its state spares the
+    next run (a new connector, as a new task) the calendar listing and, when the view is the
+    one read then, the whole of its work: an empty partial change set."""
+    kept = alimail.store.add_event(A, timed("kept", "2026-12-02T09:00:00", "2026-12-02T10:00:00"))
     first = run(alimail_connector().list_changes(A, WINDOW, None))
     assert [e.subject for e in first.events] == ["kept"]
     assert (first.removed, first.full) == ([], True)
     assert alimail.stats["by_kind"] == {"token": 1, "calendars_list": 1, "events_view": 1}
 
+    def spent_on(state: str | None, window: Window = WINDOW) -> tuple[ChangeSet, dict[str, int]]:
+        before = dict(alimail.stats["by_kind"])
+        changes = run(alimail_connector().list_changes(A, window, state))
+        spent = {k: v - before.get(k, 0) for k, v in alimail.stats["by_kind"].items()}
+        return changes, {k: v for k, v in spent.items() if v}
+
+    same, spent = spent_on(first.state)
+    assert (same.events, same.removed, same.full, same.state) == ([], [], False, first.state)
+    assert spent == {"token": 1, "events_view": 1}
+
     alimail.store.add_event(A, timed("new", "2026-12-03T09:00:00", "2026-12-03T10:00:00"))
-    before = dict(alimail.stats["by_kind"])
-    second = run(alimail_connector().list_changes(A, WINDOW, first.state))
+    second, spent = spent_on(first.state)
     assert sorted(e.subject for e in second.events) == ["kept", "new"]
-    assert second.full and second.state == first.state
-    spent = {k: v - before.get(k, 0) for k, v in alimail.stats["by_kind"].items()}
-    assert {k: v for k, v in spent.items() if v} == {"token": 1, "events_view": 1}
+    assert second.full and second.state != first.state
+    assert spent == {"token": 1, "events_view": 1}
+    assert json.loads(second.state)["calendar"] == json.loads(first.state)["calendar"]
+
+    alimail.store.update(A, None, kept["id"], {"subject": "kept, edited"})
+    third, _ = spent_on(second.state)
+    assert third.full and sorted(e.subject for e in third.events) == ["kept, edited", "new"]
+
+    # the digest covers the bounds: the same events read for another window are read in full
+    wider = Window(WINDOW.start - dt.timedelta(days=1), WINDOW.end, WINDOW.timezone)
+    moved, _ = spent_on(third.state, wider)
+    assert moved.full and len(moved.events) == 2
+    unchanged, _ = spent_on(third.state)
+    assert not unchanged.full and unchanged.events == []
 
 
 @pytest.mark.parametrize("state", ['{"calendar": "deleted-calendar"}', "not json", '{"x": 1}'])

@@ -52,9 +52,13 @@ real connection pooling, and no second HTTP stack to trust. Retries, tokens and 
 
 There is no change feed in this API, so every read is the window's view. ``list_changes``
 returns it as a full change set (``full=True``: planned as a full read) whose state remembers
-the mailbox's calendar id: a scheduled run then costs one view request per mailbox (plus
-paging), not a calendar listing first. A remembered calendar that is gone (deleted, or the
-folder renamed) is looked up again and the read retried once.
+the mailbox's calendar id and a digest of the view as the server sent it (every event, every
+field, the calendar and the bounds: ``view_digest``). A scheduled run then costs one view
+request per mailbox (plus paging), not a calendar listing first; and a view whose digest is
+the state's is not normalised at all: the change set is empty and partial (``full=False``:
+nothing changed), so the engine plans nothing and writes nothing for that mailbox. A view that
+differs in anything is read and planned in full. A remembered calendar that is gone (deleted,
+or the folder renamed) is looked up again and the read retried once.
 """
 
 from __future__ import annotations
@@ -62,12 +66,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import hashlib
 import json
 import logging
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+import orjson
 
 from calsync.config import IntegrationConfig, resolve_timezone
 from calsync.connectors import alimail_wire as wire
@@ -577,29 +584,54 @@ class AlimailConnector(SuiteConnector):
     # --- reads ---
 
     def _view(
-        self, mailbox: str, lo: dt.datetime, hi: dt.datetime, remembered: str | None = None
-    ) -> tuple[list[SuiteEvent], str]:
-        """The window's events and the calendar read. ``remembered``: a calendar id from an
-        earlier run, used without listing calendars; if it is gone, they are listed again."""
+        self,
+        mailbox: str,
+        lo: dt.datetime,
+        hi: dt.datetime,
+        remembered: str | None = None,
+        last_digest: str | None = None,
+    ) -> tuple[list[SuiteEvent] | None, str, str]:
+        """(the window's events, the calendar read, the view's digest); the events are None
+        when the digest is ``last_digest`` (the view is the one read then). ``remembered``: a
+        calendar id from an earlier run, used without listing calendars; if it is gone, they
+        are listed again."""
         calendar_id = self._calendars.get(mailbox) or remembered
         if calendar_id is not None:
             try:
-                events = self._view_of(mailbox, calendar_id, lo, hi)
+                items = self._view_items(mailbox, calendar_id, lo, hi)
                 self._calendars.setdefault(mailbox, calendar_id)  # this task's writes use it
-                return events, calendar_id
             except _CalendarGone:
                 log.info("calendar %s of %s is gone: looking it up again", calendar_id, mailbox)
                 self._calendars.pop(mailbox, None)
-        calendar_id = self._calendar_id(mailbox)
-        return self._view_of(mailbox, calendar_id, lo, hi), calendar_id
+                calendar_id = None
+        if calendar_id is None:
+            calendar_id = self._calendar_id(mailbox)
+            items = self._view_items(mailbox, calendar_id, lo, hi)
+        digest = view_digest(calendar_id, lo, hi, items)
+        if digest == last_digest:
+            return None, calendar_id, digest
+        return self._normalized(items, calendar_id), calendar_id, digest
 
-    def _view_of(
-        self, mailbox: str, calendar_id: str, lo: dt.datetime, hi: dt.datetime
-    ) -> list[SuiteEvent]:
-        http = self._client()
-        path = user_path(wire.EVENT_VIEW_PATH, mailbox, calendar=calendar_id)
+    def _normalized(self, items: list[Any], calendar_id: str) -> list[SuiteEvent]:
         events: dict[str, SuiteEvent] = {}
         problems: list[SuiteEvent] = []
+        for item in items:
+            try:
+                event = normalize_event(item, self.config.timezone)
+            except (ValueError, TypeError, KeyError) as exc:
+                problems.append(unreadable(item, str(exc)))
+                continue
+            event.extra["calendar_id"] = event.extra.get("calendar_id") or calendar_id
+            events[event.suite_id] = event  # a duplicate across pages counts once
+        return list(events.values()) + problems
+
+    def _view_items(
+        self, mailbox: str, calendar_id: str, lo: dt.datetime, hi: dt.datetime
+    ) -> list[Any]:
+        """The view's events as the server sent them, every page."""
+        http = self._client()
+        path = user_path(wire.EVENT_VIEW_PATH, mailbox, calendar=calendar_id)
+        out: list[Any] = []
         cursor = ""
         seen: set[str] = set()
         for _page in range(MAX_PAGES):
@@ -620,19 +652,12 @@ class AlimailConnector(SuiteConnector):
             items = wire.first(body, wire.PAGE_ITEMS, [])
             if not isinstance(items, list):
                 raise ConnectorError(f"Alibaba Mail view of {mailbox}: no event list in answer")
-            for item in items:
-                try:
-                    event = normalize_event(item, self.config.timezone)
-                except (ValueError, TypeError, KeyError) as exc:
-                    problems.append(unreadable(item, str(exc)))
-                    continue
-                event.extra["calendar_id"] = event.extra.get("calendar_id") or calendar_id
-                events[event.suite_id] = event  # a duplicate across pages counts once
+            out.extend(items)
             next_cursor = str(wire.first(body, wire.PAGE_NEXT, "") or "")
             has_more = wire.first(body, (wire.PAGE_HAS_MORE,))
             more = bool(has_more) if has_more is not None else bool(next_cursor and items)
             if not more:
-                return list(events.values()) + problems
+                return out
             if not next_cursor or next_cursor in seen:
                 raise ConnectorError(
                     f"Alibaba Mail paging loops on {mailbox}: "
@@ -644,15 +669,20 @@ class AlimailConnector(SuiteConnector):
 
     async def list_events(self, mailbox: str, window: Window) -> list[SuiteEvent]:
         lo, hi = window.bounds_utc()
-        events, _ = await self._run(self._view, mailbox, lo, hi)
+        events, _, _ = await self._run(self._view, mailbox, lo, hi)
+        assert events is not None  # no digest to match
         return _in_window(events, window)
 
     async def list_changes(self, mailbox: str, window: Window, state: str | None) -> ChangeSet:
-        """The full window (module docstring: no change feed), reading the calendar the state
-        remembers; the new state remembers the calendar read."""
+        """The window's view (module docstring: no change feed), reading the calendar the
+        state remembers: a full change set, or an empty partial one when the view is the one
+        the state's digest describes."""
         lo, hi = window.bounds_utc()
-        events, calendar_id = await self._run(self._view, mailbox, lo, hi, _calendar_of(state))
-        state = json.dumps({STATE_CALENDAR: calendar_id}, separators=(",", ":"))
+        calendar, digest = _from_state(state)
+        events, calendar_id, digest = await self._run(self._view, mailbox, lo, hi, calendar, digest)
+        state = json.dumps({STATE_CALENDAR: calendar_id, STATE_VIEW: digest}, separators=(",", ":"))
+        if events is None:
+            return ChangeSet([], [], state, full=False)
         return ChangeSet(_in_window(events, window), [], state, full=True)
 
     def _get(self, mailbox: str, suite_id: str) -> SuiteEvent | None:
@@ -837,17 +867,36 @@ class _CalendarGone(ConnectorError):
     """The calendar id a view was asked for does not exist (any more)."""
 
 
-STATE_CALENDAR = "calendar"  # list_changes' state: {"calendar": <id>}
+STATE_CALENDAR = "calendar"  # list_changes' state: {"calendar": <id>, "view": <digest>}
+STATE_VIEW = "view"
 
 
-def _calendar_of(state: str | None) -> str | None:
-    """The calendar id a state remembers; None for none or one not understood."""
+def _from_state(state: str | None) -> tuple[str | None, str | None]:
+    """(calendar id, view digest) a state remembers; None for what it lacks or for a state
+    not understood."""
     try:
         found = json.loads(state) if state else None
     except ValueError:
-        return None
-    calendar_id = found.get(STATE_CALENDAR) if isinstance(found, dict) else None
-    return calendar_id if isinstance(calendar_id, str) and calendar_id else None
+        return None, None
+    if not isinstance(found, dict):
+        return None, None
+    calendar_id, digest = found.get(STATE_CALENDAR), found.get(STATE_VIEW)
+    return (
+        calendar_id if isinstance(calendar_id, str) and calendar_id else None,
+        digest if isinstance(digest, str) and digest and calendar_id else None,
+    )
+
+
+def view_digest(calendar_id: str, lo: dt.datetime, hi: dt.datetime, items: list[Any]) -> str:
+    """A digest of a view as the server sent it: the calendar, the bounds and every event
+    with every field (keys sorted, so their order in the answer does not matter, the events'
+    order does: the server sorts them)."""
+    raw = orjson.dumps(
+        [calendar_id, lo.isoformat(), hi.isoformat(), items],
+        option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS,
+        default=repr,
+    )
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
 def _in_window(events: list[SuiteEvent], window: Window) -> list[SuiteEvent]:

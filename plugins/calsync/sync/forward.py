@@ -463,8 +463,34 @@ def apply_group(
     before it wrote (a meeting several mailboxes hold is created once and linked by the
     others). If anything fails, the whole group is rolled back and its mailboxes are applied
     again one by one, each in its own transaction: one bad mailbox never takes others with it.
+    A mailbox with nothing to write (``_idle``) gets no transaction at all.
     """
     prepared = [read.prepared if read.prepared is not None else _prepare(s, read) for read in group]
+    busy = [i for i, (r, p) in enumerate(zip(group, prepared, strict=True)) if not _idle(s, r, p)]
+    if len(busy) < len(group):  # no transaction (three round trips) for mailboxes with nothing
+        results: list[dict[str, int] | Exception] = [{} for _ in group]
+        if busy:
+            applied = _apply_prepared(
+                engine, s, [group[i] for i in busy], [prepared[i] for i in busy]
+            )
+            for i, outcome in zip(busy, applied, strict=True):
+                results[i] = outcome
+        return results
+    return _apply_prepared(engine, s, group, prepared)
+
+
+def _idle(s: ApplySettings, read: ReadMailbox, prepared: list[Any]) -> bool:
+    """Nothing to write for this mailbox: an incremental read that changed nothing and whose
+    new feed state is the one stored (what ``_apply_in`` would do with it: nothing)."""
+    changes = read.changes
+    if changes is None or changes.full or prepared or changes.removed:
+        return False
+    return not changes.state or _state_row(s.context, changes.state) == read.stored_state
+
+
+def _apply_prepared(
+    engine: sa.Engine, s: ApplySettings, group: list[ReadMailbox], prepared: list[list[Any]]
+) -> list[dict[str, int] | Exception]:
     if len(group) > 1:
         try:
             with (
