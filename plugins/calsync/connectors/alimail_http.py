@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+import orjson
 import requests
 import urllib3
 
@@ -479,8 +480,13 @@ def _tls_reason(text: str) -> str:
 
 
 def _json(response: requests.Response) -> Any:
-    if not response.content:
+    content = response.content
+    if not content:
         return None
+    try:  # orjson: a view page of 100 events parses in a third of json's time
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:  # not UTF-8, NaN, a huge integer: as requests reads it
+        pass
     try:
         return response.json()
     except ValueError:
