@@ -467,7 +467,7 @@ def apply_group(
     """
     prepared = [read.prepared if read.prepared is not None else _prepare(s, read) for read in group]
     busy = [i for i, (r, p) in enumerate(zip(group, prepared, strict=True)) if not _idle(s, r, p)]
-    if len(busy) < len(group):  # no transaction (three round trips) for mailboxes with nothing
+    if len(busy) < len(group):  # no BEGIN, write-origin marker and COMMIT for nothing
         results: list[dict[str, int] | Exception] = [{} for _ in group]
         if busy:
             applied = _apply_prepared(
