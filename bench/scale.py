@@ -37,6 +37,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -594,6 +595,10 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     args.scenarios = {s.strip() for s in args.scenarios.split(",") if s.strip()}
+    if args.profile and not (
+        shutil.which("py-spy") or Path(sys.executable).with_name("py-spy").exists()
+    ):
+        parser.error("--profile needs py-spy: pip install py-spy")
     unknown = args.scenarios - {"1", "2", "3", "4", "5", "6"}
     if unknown:
         parser.error(f"--scenarios: unknown {sorted(unknown)}; pick from 1–6")
