@@ -37,7 +37,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,7 @@ BENCH = ROOT / "bench"
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT), str(BENCH)]
 
 from bench_oa import create_oa, drop_oa  # noqa: E402
+from scale_worker import py_spy  # noqa: E402
 
 SUITES = ("graph", "exchange", "alimail")
 TYPES = {"graph": "office365_global", "exchange": "exchange", "alimail": "alimail_v2"}
@@ -595,9 +595,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     args.scenarios = {s.strip() for s in args.scenarios.split(",") if s.strip()}
-    if args.profile and not (
-        shutil.which("py-spy") or Path(sys.executable).with_name("py-spy").exists()
-    ):
+    if args.profile and py_spy() is None:
         parser.error("--profile needs py-spy: pip install py-spy")
     unknown = args.scenarios - {"1", "2", "3", "4", "5", "6"}
     if unknown:

@@ -111,11 +111,17 @@ def warm_up(config: Any) -> None:
     connector_for(config)  # imports the connector's module; not entered, nothing opened
 
 
+def py_spy() -> str | None:
+    """py-spy on PATH or beside this interpreter (a virtual environment's), if installed."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return shutil.which("py-spy") or (str(beside) if beside.exists() else None)
+
+
 def profile(path: str) -> subprocess.Popen[bytes]:
     """py-spy sampling this process (threads, GIL holders only: waits are not CPU) into
     ``path`` until SIGINT; ``--profile`` of scale.py."""
-    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not Path(spy).exists():
+    spy = py_spy()
+    if spy is None:
         raise SystemExit("--profile needs py-spy: pip install py-spy")
     command = [spy, "record", "--pid", str(os.getpid()), "--gil", "--threads", "-r", "100"]
     child = subprocess.Popen(

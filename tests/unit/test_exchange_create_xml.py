@@ -22,9 +22,10 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from calsync.config import IntegrationConfig, resolve_timezone
-from calsync.connectors.base import CALSYNC_PROPERTY_NAME, CALSYNC_PROPERTY_SET, EventWrite
+from calsync.connectors.base import EventWrite
 from calsync.connectors.exchange import (
     DEFAULT_BUILD,
+    KEY_PROPERTY,
     RESPONSES,
     SENSITIVITY_OUT,
     SHOW_AS,
@@ -37,7 +38,6 @@ from calsync.model import Attendee
 
 ZONES = ["Asia/Shanghai", "America/New_York", "Europe/London", "UTC", "America/Santiago",
          "Asia/Kolkata", "Australia/Lord_Howe", "America/Sao_Paulo"]  # fmt: skip
-KEY_PROPERTY = (CALSYNC_PROPERTY_SET, CALSYNC_PROPERTY_NAME)
 
 
 def connector(zone: str = "Asia/Shanghai") -> ExchangeConnector:

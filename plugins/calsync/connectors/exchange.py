@@ -214,6 +214,7 @@ SHOW_AS = {
     "WorkingElsewhere": "workingElsewhere",
     "NoData": "unknown",
 }
+KEY_PROPERTY = (CALSYNC_PROPERTY_SET, CALSYNC_PROPERTY_NAME)  # calsync's marker, as EWS names it
 SENSITIVITY_OUT = {"normal": "Normal", "personal": "Personal", "private": "Private",
                    "confidential": "Confidential"}  # fmt: skip
 
@@ -712,6 +713,16 @@ class ExchangeConnector(SuiteConnector):
                 out.append(_unreadable(item, str(exc)))
         return out
 
+    def _read_element(self, elem: Any) -> SuiteEvent:
+        """A ``t:CalendarItem`` of an answer as a SuiteEvent (``exchange_raw``)."""
+        return normalize_element(
+            elem,
+            self.config.timezone,
+            responses=RESPONSES,
+            show_as=SHOW_AS,
+            key_property=KEY_PROPERTY,
+        )
+
     def _view(self, account: Account, window: Window) -> list[SuiteEvent]:
         """The window's items: FindItem (ids) through exchangelib, then GetItem with
         ``READ_FIELDS`` read straight from the answer's XML (``exchange_raw``)."""
@@ -731,13 +742,7 @@ class ExchangeConnector(SuiteConnector):
             if isinstance(elem, Exception):
                 raise elem
             try:
-                event = normalize_element(
-                    elem,
-                    self.config.timezone,
-                    responses=RESPONSES,
-                    show_as=SHOW_AS,
-                    key_property=(CALSYNC_PROPERTY_SET, CALSYNC_PROPERTY_NAME),
-                )
+                event = self._read_element(elem)
             except ValueError as exc:
                 event = unreadable_element(elem, str(exc))
             if _overlaps(event, window):
@@ -1066,7 +1071,7 @@ class ExchangeConnector(SuiteConnector):
             html=event.body_type == "html",
             sensitivity=SENSITIVITY_OUT.get(event.sensitivity.lower(), "Normal"),
             key=event.key,
-            key_property=(CALSYNC_PROPERTY_SET, CALSYNC_PROPERTY_NAME),
+            key_property=KEY_PROPERTY,
             uid=uid,
             times=self._times(event),
             location=event.location,
@@ -1085,13 +1090,7 @@ class ExchangeConnector(SuiteConnector):
                 message_disposition=SAVE_ONLY,
                 send_meeting_invitations=self.params.invitation_mode,
             )
-            made = normalize_element(
-                with_item_id(elem, result.id, result.changekey),
-                self.config.timezone,
-                responses=RESPONSES,
-                show_as=SHOW_AS,
-                key_property=(CALSYNC_PROPERTY_SET, CALSYNC_PROPERTY_NAME),
-            )
+            made = self._read_element(with_item_id(elem, result.id, result.changekey))
         made.organizer = Attendee(account.primary_smtp_address.lower(), "", "required", "organizer")
         made.last_modified = dt.datetime.now(dt.UTC).replace(microsecond=0)  # as EWS gives it
         return made

@@ -17,14 +17,14 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
-from exchangelib import EWSDate, EWSDateTime, EWSTimeZone
+from exchangelib import EWSDateTime, EWSTimeZone
 from exchangelib.services import CreateItem
 from exchangelib.services.common import folder_ids_element
 from exchangelib.util import create_element, safe_xml_value
 from lxml import etree
 
-T = "{http://schemas.microsoft.com/exchange/services/2006/types}"
-M = "{http://schemas.microsoft.com/exchange/services/2006/messages}"
+from calsync.connectors.exchange_raw import M, T, item_id_element
+
 MAX_CHARS = 255  # exchangelib's CharField bound (Subject, EmailAddress)
 
 Person = tuple[str, str]  # (email, display name or "")
@@ -79,10 +79,7 @@ def _writable(subject: str, times: dict[str, Any], people: Iterable[list[Person]
         return False
     if any(len(email) > MAX_CHARS for group in people for email, _name in group):
         return False
-    start, end = times["start"], times["end"]
-    if isinstance(start, EWSDate) != isinstance(end, EWSDate):
-        return False
-    return not end < start
+    return not times["end"] < times["start"]
 
 
 def calendar_item_element(
@@ -152,6 +149,5 @@ def calendar_item_element(
 
 def with_item_id(item: Any, item_id: str, changekey: str | None) -> Any:
     """The created item's element with the id CreateItem gave it (read as a GetItem answer)."""
-    attrs = {"Id": item_id, "ChangeKey": changekey} if changekey else {"Id": item_id}
-    item.insert(0, etree.Element(T + "ItemId", attrs))
+    item.insert(0, item_id_element(item_id, changekey))
     return item

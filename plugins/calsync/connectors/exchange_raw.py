@@ -67,9 +67,14 @@ class RawGetItem(GetItem):
         ids = etree.SubElement(payload, M + "ItemIds")
         for item in items:
             item_id, changekey = item if isinstance(item, tuple) else (item.id, item.changekey)
-            attrs = {"Id": item_id, "ChangeKey": changekey} if changekey else {"Id": item_id}
-            etree.SubElement(ids, T + "ItemId", attrs)
+            ids.append(item_id_element(item_id, changekey))
         return payload
+
+
+def item_id_element(item_id: str, changekey: str | None) -> Any:
+    """``t:ItemId`` (its change key when known)."""
+    attrs = {"Id": item_id, "ChangeKey": changekey} if changekey else {"Id": item_id}
+    return etree.Element(T + "ItemId", attrs)
 
 
 class RawSyncFolderItems(SyncFolderItems):

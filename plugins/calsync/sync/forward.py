@@ -356,8 +356,7 @@ def _apply_in(
     user, events, changes = read.user, read.events, read.changes
     removed = changes.removed if changes is not None and not changes.full else None
     state = changes.state if changes is not None else None
-    if removed is not None and not prepared and not removed:
-        # nothing changed since the stored state: no plan to make, just the new state
+    if _unchanged(read, prepared):  # no plan to make, just the new state
         if state:
             _keep_state(tail, read, _state_row(s.context, state))
         return {}
@@ -479,13 +478,19 @@ def apply_group(
     return _apply_prepared(engine, s, group, prepared)
 
 
-def _idle(s: ApplySettings, read: ReadMailbox, prepared: list[Any]) -> bool:
-    """Nothing to write for this mailbox: an incremental read that changed nothing and whose
-    new feed state is the one stored (what ``_apply_in`` would do with it: nothing)."""
+def _unchanged(read: ReadMailbox, prepared: list[Any]) -> bool:
+    """An incremental read that changed nothing since the stored state."""
     changes = read.changes
-    if changes is None or changes.full or prepared or changes.removed:
+    return changes is not None and not changes.full and not prepared and not changes.removed
+
+
+def _idle(s: ApplySettings, read: ReadMailbox, prepared: list[Any]) -> bool:
+    """Nothing to write for this mailbox: an unchanged read whose new feed state is the one
+    stored (what ``_apply_in`` would do with it: nothing)."""
+    if not _unchanged(read, prepared):
         return False
-    return not changes.state or _state_row(s.context, changes.state) == read.stored_state
+    state = read.changes.state if read.changes is not None else None
+    return not state or _state_row(s.context, state) == read.stored_state
 
 
 def _apply_prepared(
