@@ -30,7 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from bench_oa import create_oa, drop_oa
-from scale import GRAPH_MAILBOX_LIMIT, Child, integration_yaml, reverse_concurrency, suite_limit
+from scale import (
+    GRAPH_MAILBOX_LIMIT,
+    Child,
+    integration_yaml,
+    postgres_cpu_s,
+    reverse_concurrency,
+    suite_limit,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -182,19 +189,24 @@ def reverse_scenario(suite: str, args: argparse.Namespace, workdir: Path) -> dic
         urls.append(create_oa(args.oa, workdir, f"{suite}_reverse"))
         engine = _seed(urls[0], args, args.changes)
         before = emu.ask({"op": "stats"})
+        pg_before = postgres_cpu_s() if args.oa == "postgresql" else None
         drains = args.processes  # drain processes sharing the outbox, as several workers
         log = workdir / f"{suite}_reverse_drain.log"
         if drains == 1:
             with stdout_to(log):
                 summary, wall = reverse_drain.run_drain(engine, config)
             reports = [summary["integrations"][0]]
-            rss = [round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)]
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            rss = [round(usage.ru_maxrss / 1024)]
+            cpu = [usage.ru_utime + usage.ru_stime]  # the harness's own set-up included
         else:
             spec = argparse.Namespace(drains=drains, concurrency=concurrency, log=log)
             results, wall = reverse_drain.run_drains(urls[0], spec, config_file)
             reports = [r["summary"]["integrations"][0] for r in results]
             rss = [round(r["rss_kb"] / 1024) for r in results]
+            cpu = [r["cpu_s"] for r in results]
         after = emu.ask({"op": "stats"})
+        pg_after = postgres_cpu_s() if pg_before is not None else None
         report: dict[str, Any] = {"counts": {}, "errors": []}
         for one in reports:
             for key, value in one["counts"].items():
@@ -217,7 +229,12 @@ def reverse_scenario(suite: str, args: argparse.Namespace, workdir: Path) -> dic
             "allowed_concurrency": allowed,
             "floor_s": floor,
             "x_floor": round(wall / floor, 1) if floor else None,
+            # where the machine's CPU went: the drain processes, the emulator, PostgreSQL
+            "cpu_s": round(sum(cpu), 2),
+            "emulator_cpu_s": round(after["cpu_s"] - before["cpu_s"], 2),
         }
+        if pg_after is not None and pg_before is not None:
+            result["postgres_cpu_s"] = round(pg_after - pg_before, 2)
         engine.dispose()
         if not args.no_naive:
             sample = min(args.changes, args.naive_changes)

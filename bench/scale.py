@@ -523,9 +523,10 @@ def table(report: dict[str, Any]) -> list[str]:
                 f"{reverse['changes_per_s']:>8} {reverse['requests']:>9} "
                 f"{reverse['peak_rss_mb']:>7} {reverse.get('naive_changes_per_s', '-'):>9} "
                 f"{reverse.get('naive_requests', '-'):>9} {reverse.get('x_naive', '-'):>8} "
-                f"{reverse['floor_s']:>8} {reverse.get('x_floor', '-'):>8}  "
-                f"(ev/s = changes/s; naive s = its changes/s over "
-                f"{reverse.get('naive_changes', '-')} changes)"
+                f"{reverse['floor_s']:>8} {reverse.get('x_floor', '-'):>8} {'-':>6} {'-':>14}"
+                f"  {reverse.get('cpu_s', '-')}/{reverse.get('emulator_cpu_s', '-')}/"
+                f"{reverse.get('postgres_cpu_s', '-')} (ev/s = changes/s; naive s = its "
+                f"changes/s over {reverse.get('naive_changes', '-')} changes)"
             )
         airflow = data.get("airflow")
         if airflow:

@@ -9,7 +9,6 @@ Unknown FieldURIs are skipped when rendering (lenient, like the Graph emulator w
 from __future__ import annotations
 
 import datetime as dt
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +24,7 @@ from emulators.ews.store import (
 )
 from emulators.ews.wire import (
     BadRequest,
+    Element,
     T,
     boolean,
     child,
@@ -96,7 +96,7 @@ class Shape:
         return uri in self.fields
 
 
-def parse_shape(elem: ET.Element | None) -> Shape:
+def parse_shape(elem: Element | None) -> Shape:
     if elem is None:
         return Shape()
     shape = Shape(base=(text(elem, "BaseShape") or "IdOnly").strip())
@@ -114,12 +114,12 @@ def parse_shape(elem: ET.Element | None) -> Shape:
 # --- parsing written items -------------------------------------------------------------------
 
 
-def _mailbox(node: ET.Element | None) -> tuple[str, str]:
+def _mailbox(node: Element | None) -> tuple[str, str]:
     box = child(node, "Mailbox") if node is not None and local(node.tag) != "Mailbox" else node
     return (text(box, "EmailAddress") or "").strip().lower(), (text(box, "Name") or "").strip()
 
 
-def parse_attendees(node: ET.Element) -> list[dict[str, str]]:
+def parse_attendees(node: Element) -> list[dict[str, str]]:
     out = []
     for attendee in children(node, "Attendee"):
         email, name = _mailbox(attendee)
@@ -134,7 +134,7 @@ def parse_attendees(node: ET.Element) -> list[dict[str, str]]:
     return out
 
 
-def parse_extended(node: ET.Element) -> tuple[tuple[str, str, str, str], dict[str, Any]]:
+def parse_extended(node: Element) -> tuple[tuple[str, str, str, str], dict[str, Any]]:
     uri_node = child(node, "ExtendedFieldURI")
     if uri_node is None:
         raise BadRequest("ExtendedProperty without ExtendedFieldURI")
@@ -148,7 +148,7 @@ def parse_extended(node: ET.Element) -> tuple[tuple[str, str, str, str], dict[st
     return ext_key(uri), {"uri": uri, "value": value}
 
 
-def parse_item(elem: ET.Element, context_zone: dt.tzinfo) -> dict[str, Any]:
+def parse_item(elem: Element, context_zone: dt.tzinfo) -> dict[str, Any]:
     """The fields a ``<t:CalendarItem>`` element sets (stored names); times as aware UTC."""
     out: dict[str, Any] = {}
     for node in elem:
@@ -195,7 +195,7 @@ def parse_item(elem: ET.Element, context_zone: dt.tzinfo) -> dict[str, Any]:
 # --- rendering ---------------------------------------------------------------------------------
 
 
-def _render_mailbox(parent: ET.Element, email: str, name: str, store: Store) -> None:
+def _render_mailbox(parent: Element, email: str, name: str, store: Store) -> None:
     box = tsub(parent, "Mailbox")
     tsub(box, "Name", name or store.display_name(email) or email)
     tsub(box, "EmailAddress", email)
@@ -204,7 +204,7 @@ def _render_mailbox(parent: ET.Element, email: str, name: str, store: Store) -> 
 
 
 def _render_attendees(
-    parent: ET.Element, tag: str, people: list[dict[str, str]], store: Store
+    parent: Element, tag: str, people: list[dict[str, str]], store: Store
 ) -> None:
     node = tsub(parent, tag)
     for person in people:
@@ -225,7 +225,7 @@ def _duration(start: dt.datetime, end: dt.datetime) -> str:
     return out
 
 
-def render_item(instance: Instance, shape: Shape, store: Store) -> ET.Element:
+def render_item(instance: Instance, shape: Shape, store: Store) -> Element:
     """``<t:CalendarItem>`` (or a meeting message) with the fields the shape asks for."""
     item = instance.item
     f = instance.f
@@ -387,7 +387,7 @@ def render_item(instance: Instance, shape: Shape, store: Store) -> ET.Element:
     return node
 
 
-def render_id(instance: Instance) -> ET.Element:
+def render_id(instance: Instance) -> Element:
     node = el(T, instance.item.kind if instance.item.kind != "CalendarItem" else "CalendarItem")
     tsub(node, "ItemId", Id=instance.id, ChangeKey=instance.change_key)
     return node

@@ -9,10 +9,9 @@ noEnd / endDate / numbered), so the date arithmetic is shared:
 from __future__ import annotations
 
 import datetime as dt
-import xml.etree.ElementTree as ET
 from typing import Any
 
-from emulators.ews.wire import BadRequest, T, child, el, local, parse_date, text, tsub
+from emulators.ews.wire import BadRequest, Element, T, child, el, local, parse_date, text, tsub
 from emulators.graph import recurrence as rec
 
 MONTHS = (
@@ -64,7 +63,7 @@ def _days(value: str | None) -> list[str]:
     return out
 
 
-def parse(elem: ET.Element) -> dict[str, Any]:
+def parse(elem: Element) -> dict[str, Any]:
     """A ``<t:Recurrence>`` element as a pattern dict; BadRequest if it makes no sense."""
     pattern: dict[str, Any] | None = None
     range_: dict[str, Any] | None = None
@@ -114,7 +113,7 @@ def occurrence_dates(recurrence: dict[str, Any], until: dt.date):  # type: ignor
     return rec.occurrence_dates(recurrence, until)
 
 
-def render(recurrence: dict[str, Any]) -> ET.Element:
+def render(recurrence: dict[str, Any]) -> Element:
     """The pattern dict as ``<t:Recurrence>``."""
     out = el(T, "Recurrence")
     pattern = recurrence["pattern"]

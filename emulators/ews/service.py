@@ -13,7 +13,6 @@ ErrorNonExistentMailbox.
 from __future__ import annotations
 
 import datetime as dt
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +33,7 @@ from emulators.ews.store import (
 from emulators.ews.wire import (
     UTC,
     BadRequest,
+    Element,
     M,
     boolean,
     child,
@@ -81,7 +81,7 @@ class Service:
 
     # --- entry ---
 
-    def context(self, header: ET.Element | None, login: str, auth: str) -> Context:
+    def context(self, header: Element | None, login: str, auth: str) -> Context:
         api_version = "Exchange2016"
         impersonated = None
         zone: dt.tzinfo = UTC
@@ -130,7 +130,7 @@ class Service:
             acting = self.emu.mailbox_of_login(login)
         return Context(login, auth, api_version, impersonated, acting, zone)
 
-    def handle(self, operation: ET.Element, ctx: Context) -> ET.Element:
+    def handle(self, operation: Element, ctx: Context) -> Element:
         name = local(operation.tag)
         handler = getattr(self, f"op_{name}", None)
         if handler is None:
@@ -154,7 +154,7 @@ class Service:
         ctx.mailboxes.add(mailbox)
         return mailbox
 
-    def folder_ref(self, node: ET.Element, ctx: Context) -> tuple[str, str]:
+    def folder_ref(self, node: Element, ctx: Context) -> tuple[str, str]:
         """(mailbox, folder name) of a DistinguishedFolderId / FolderId element."""
         tag = local(node.tag)
         if tag == "DistinguishedFolderId":
@@ -184,7 +184,7 @@ class Service:
             )
         raise BadRequest(f"unexpected folder reference {tag}")
 
-    def item_ref(self, node: ET.Element, ctx: Context) -> Instance:
+    def item_ref(self, node: Element, ctx: Context) -> Instance:
         """The instance an ItemId / OccurrenceItemId / RecurringMasterItemId names."""
         tag = local(node.tag)
         if tag == "ItemId":
@@ -218,7 +218,7 @@ class Service:
             return self.store.master_of(owner, occurrence)
         raise BadRequest(f"unexpected item reference {tag}")
 
-    def _mailbox_folder(self, parent: ET.Element | None, ctx: Context) -> tuple[str, str]:
+    def _mailbox_folder(self, parent: Element | None, ctx: Context) -> tuple[str, str]:
         refs = children(parent)
         if len(refs) != 1:
             raise BadRequest("exactly one folder is supported here")
@@ -226,7 +226,7 @@ class Service:
 
     # --- GetFolder ---
 
-    def op_GetFolder(self, req: ET.Element, ctx: Context) -> ET.Element:
+    def op_GetFolder(self, req: Element, ctx: Context) -> Element:
         out = el(M, "GetFolderResponse")
         msgs = msub(out, "ResponseMessages")
         for ref in children(child(req, "FolderIds")):
@@ -254,7 +254,7 @@ class Service:
 
     # --- FindItem ---
 
-    def op_FindItem(self, req: ET.Element, ctx: Context) -> ET.Element:
+    def op_FindItem(self, req: Element, ctx: Context) -> Element:
         out = el(M, "FindItemResponse")
         msgs = msub(out, "ResponseMessages")
         shape = parse_shape(child(req, "ItemShape"))
@@ -313,7 +313,7 @@ class Service:
 
     # --- GetItem ---
 
-    def op_GetItem(self, req: ET.Element, ctx: Context) -> ET.Element:
+    def op_GetItem(self, req: Element, ctx: Context) -> Element:
         out = el(M, "GetItemResponse")
         msgs = msub(out, "ResponseMessages")
         shape = parse_shape(child(req, "ItemShape"))
@@ -330,7 +330,7 @@ class Service:
 
     # --- CreateItem ---
 
-    def op_CreateItem(self, req: ET.Element, ctx: Context) -> ET.Element:
+    def op_CreateItem(self, req: Element, ctx: Context) -> Element:
         out = el(M, "CreateItemResponse")
         msgs = msub(out, "ResponseMessages")
         send = req.get("SendMeetingInvitations") or ""
@@ -371,7 +371,7 @@ class Service:
             msgs.append(msg)
         return out
 
-    def _new_fields(self, node: ET.Element, mailbox: str, ctx: Context) -> dict[str, Any]:
+    def _new_fields(self, node: Element, mailbox: str, ctx: Context) -> dict[str, Any]:
         given = parse_item(node, ctx.zone)
         if "start" not in given or "end" not in given:
             raise EwsError("ErrorMissingInformation", "a calendar item needs Start and End")
@@ -419,7 +419,7 @@ class Service:
 
     # --- UpdateItem ---
 
-    def op_UpdateItem(self, req: ET.Element, ctx: Context) -> ET.Element:
+    def op_UpdateItem(self, req: Element, ctx: Context) -> Element:
         out = el(M, "UpdateItemResponse")
         msgs = msub(out, "ResponseMessages")
         send = req.get("SendMeetingInvitationsOrCancellations") or ""
@@ -473,7 +473,7 @@ class Service:
             msgs.append(msg)
         return out
 
-    def _updates(self, change: ET.Element, ctx: Context) -> tuple[dict[str, Any], set[str]]:
+    def _updates(self, change: Element, ctx: Context) -> tuple[dict[str, Any], set[str]]:
         patch: dict[str, Any] = {}
         deleted: set[str] = set()
         for update in children(child(change, "Updates")):
@@ -520,7 +520,7 @@ class Service:
 
     # --- DeleteItem ---
 
-    def op_DeleteItem(self, req: ET.Element, ctx: Context) -> ET.Element:
+    def op_DeleteItem(self, req: Element, ctx: Context) -> Element:
         out = el(M, "DeleteItemResponse")
         msgs = msub(out, "ResponseMessages")
         delete_type = req.get("DeleteType") or ""
@@ -552,7 +552,7 @@ class Service:
 
     # --- SyncFolderItems ---
 
-    def op_SyncFolderItems(self, req: ET.Element, ctx: Context) -> ET.Element:
+    def op_SyncFolderItems(self, req: Element, ctx: Context) -> Element:
         out = el(M, "SyncFolderItemsResponse")
         msgs = msub(out, "ResponseMessages")
         shape = parse_shape(child(req, "ItemShape"))
@@ -582,7 +582,7 @@ class Service:
 
     # --- ConvertId (exchangelib's version probe) ---
 
-    def op_ConvertId(self, req: ET.Element, ctx: Context) -> ET.Element:
+    def op_ConvertId(self, req: Element, ctx: Context) -> Element:
         out = el(M, "ConvertIdResponse")
         msgs = msub(out, "ResponseMessages")
         for _ in children(child(req, "SourceIds")):
@@ -594,7 +594,7 @@ class Service:
     # --- helpers ---
 
     @staticmethod
-    def _error(operation: str, exc: EwsError, container: str | None = None) -> ET.Element:
+    def _error(operation: str, exc: EwsError, container: str | None = None) -> Element:
         msg = response_message(operation, exc.code, exc.message)
         if container:
             msub(msg, container)
@@ -668,14 +668,14 @@ _FIELD_VALUES = {
 }
 
 
-def _only(restriction: ET.Element) -> ET.Element:
+def _only(restriction: Element) -> Element:
     nodes = children(restriction)
     if len(nodes) != 1:
         raise BadRequest("a Restriction holds exactly one expression")
     return nodes[0]
 
 
-def _value_of(node: ET.Element, instance: Instance) -> tuple[bool, Any]:
+def _value_of(node: Element, instance: Instance) -> tuple[bool, Any]:
     """(exists, value) of the property a FieldURI / ExtendedFieldURI element names."""
     tag = local(node.tag)
     if tag == "FieldURI":
@@ -692,7 +692,7 @@ def _value_of(node: ET.Element, instance: Instance) -> tuple[bool, Any]:
     raise BadRequest(f"unsupported property reference {tag}")
 
 
-def _constant(node: ET.Element, like: Any) -> Any:
+def _constant(node: Element, like: Any) -> Any:
     constant = child(child(node, "FieldURIOrConstant"), "Constant")
     if constant is None:
         raise BadRequest("only constants are supported in comparisons")
@@ -706,7 +706,7 @@ def _constant(node: ET.Element, like: Any) -> Any:
     return raw
 
 
-def _matches(expr: ET.Element, instance: Instance) -> bool:
+def _matches(expr: Element, instance: Instance) -> bool:
     tag = local(expr.tag)
     if tag == "And":
         return all(_matches(e, instance) for e in children(expr))

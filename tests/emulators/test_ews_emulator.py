@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 import requests
+from hypothesis import given
+from hypothesis import strategies as st
 from requests_ntlm import HttpNtlmAuth
 
 from emulators.ews import EwsEmulator, EwsError
@@ -196,10 +198,71 @@ def test_tls_with_its_own_ca(tmp_path: Path) -> None:
         emu.stop()
 
 
-def test_dtd_is_refused(emu: EwsEmulator) -> None:
-    evil = b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "b">]><x>&a;</x>'
+@pytest.mark.parametrize(
+    "evil",
+    [
+        b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "b">]><x>&a;</x>',
+        b'<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><x>&e;</x>',
+        b'<!DOCTYPE x [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;&a;">]><x>&b;</x>',
+        b"<!DOCTYPE x><x/>",
+        b"<x>&undeclared;</x>",
+        b"<x><unclosed></x>",
+    ],
+)
+def test_dtd_and_malformed_requests_are_refused(emu: EwsEmulator, evil: bytes) -> None:
     response = requests.post(emu.service_endpoint, data=evil, auth=SVC, timeout=10)
     assert response.status_code == 500 and code(response) == "ErrorSchemaValidation"
+    if b"DOCTYPE" in evil:
+        assert "DTDForbidden" in response.text
+
+
+def _shape(node: Any) -> tuple[Any, ...]:
+    return (
+        node.tag,
+        sorted(node.attrib.items()),
+        node.text or "",
+        [_shape(kid) for kid in node],
+        node.tail or "",
+    )
+
+
+_XML_TEXT = st.text(
+    st.characters(blacklist_categories=("Cs", "Cc")) | st.sampled_from("\t\n\r&<>\"'")
+)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["Subject", "Body"]), _XML_TEXT, _XML_TEXT), max_size=6))
+def test_answers_read_back_as_built(fields: list[tuple[str, str, str]]) -> None:
+    """The emulator's own XML writer: what a parser reads back is exactly the tree built
+    (markup characters, quotes, CR/LF/tab in text and attributes, CJK, emoji)."""
+    from defusedxml.ElementTree import fromstring
+
+    from emulators.ews.wire import ServerVersion, envelope, msub, tsub
+    from emulators.ews.wire import el as element
+
+    message = element(M, "GetItemResponseMessage", ResponseClass="Success")
+    item = tsub(msub(message, "Items"), "CalendarItem")
+    tsub(item, "ItemId", Id="AAMk=", ChangeKey="CQAAAB")
+    for name, text, attr in fields:
+        tsub(item, name, text, Kind=attr)
+    tsub(item, "Empty")
+    body = fromstring(envelope(message, ServerVersion(), "Exchange2016")).find("s:Body", NS)
+    assert body is not None and _shape(body[0]) == _shape(message)
+
+
+def test_answers_drop_what_xml_cannot_carry() -> None:
+    """A seeded value may hold characters XML 1.0 cannot carry; the answer leaves them out
+    (as a serialiser must) instead of failing the request."""
+    from defusedxml.ElementTree import fromstring
+
+    from emulators.ews.wire import ServerVersion, envelope, tsub
+    from emulators.ews.wire import el as element
+
+    item = element(T, "CalendarItem")
+    tsub(item, "Subject", "a\x01b\x0bc\ud800d\tok")
+    body = envelope(item, ServerVersion(), "Exchange2016")
+    subject = fromstring(body).find(".//t:Subject", NS)
+    assert subject is not None and subject.text == "abcd\tok"
 
 
 # --- who acts -----------------------------------------------------------------------------
