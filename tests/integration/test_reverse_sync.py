@@ -300,3 +300,49 @@ def test_next_batch_is_claimed_while_the_last_writes_are_in_flight(
     overlapped = [c for c in claims[1:] if any(s < c < e for s, e in writes)]
     assert overlapped, "every claim waited for all writes before it to end"
     assert {d["status"] for d in deliveries(seeded_oa)} == {"done"}
+
+
+def test_deliveries_finishing_together_share_an_oa_transaction(
+    seeded_oa: sa.Engine, rev_config: IntegrationConfig, graph: Any, monkeypatch: pytest.MonkeyPatch
+):
+    """Group commit: while other deliveries are still being written, a finished one waits
+    (RECORD_LINGER_S at most) for them to join its OA transaction; a lone delivery, with
+    nothing else being written, is recorded at once."""
+    import time
+
+    from calsync.sync import reverse as rev
+
+    graph.faults.update(latency_ms=30)
+    recorded: list[tuple[int, float]] = []
+    ended: list[float] = []
+    record_many, write = rev.IntegrationDrain._record_many, rev.IntegrationDrain._write
+
+    def spy_record_many(self: Any, entries: Any) -> Any:
+        recorded.append((len(entries), time.monotonic()))
+        return record_many(self, entries)
+
+    async def spy_write(self: Any, item: Any, snap: Any) -> Any:
+        try:
+            return await write(self, item, snap)
+        finally:
+            ended.append(time.monotonic())
+
+    monkeypatch.setattr(rev.IntegrationDrain, "_record_many", spy_record_many)
+    monkeypatch.setattr(rev.IntegrationDrain, "_write", spy_write)
+    # Five mailboxes' writes in flight at once (concurrency 4 × 4 per mailbox).
+    creators = ("lina", "zhangwei", "wangfang", "liuyang", "chenjing")
+    for i in range(40):
+        oa_create(seeded_oa, creators[i % len(creators)], f"together {i}")
+    summary = ReverseRunner(seeded_oa, [rev_config])()
+    assert ReverseRunner.counts(ReverseRunner(seeded_oa, []), summary).get("created") == 40
+    assert sum(n for n, _ in recorded) == 40
+    assert len(recorded) <= 8, f"{len(recorded)} OA transactions for 40 deliveries"
+
+    # A lone change: recorded as soon as its write ends, not after the linger.
+    recorded.clear()
+    ended.clear()
+    monkeypatch.setattr(rev, "RECORD_LINGER_S", 30.0)
+    oa_create(seeded_oa, "lina", "alone")
+    ReverseRunner(seeded_oa, [rev_config])()
+    assert [n for n, _ in recorded] == [1]
+    assert recorded[0][1] - ended[-1] < 5.0

@@ -66,7 +66,10 @@ CLAIM_BATCH = 500  # deliveries claimed (and their schedules read) at once
 REFILL_AT = 2  # the next batch is claimed when at most this × the writes allowed in flight
 # remain to be written
 RECORD_BATCH = 500  # at most this many deliveries' bookkeeping in one OA transaction
-RECORD_LINGER_S = 0.02  # a flush waits this long for more deliveries to join it
+# While other deliveries are still being written, a flush waits up to this long for them to
+# join its batch (polling every RECORD_POLL_S); with none left it records at once.
+RECORD_LINGER_S = 0.1
+RECORD_POLL_S = 0.01
 _READ = {SQLITE_BEGIN_OPTION: "DEFERRED"}  # snapshot reads never wait for SQLite's write lock
 _UPDATE_LINK = (
     sa.update(t.links)
@@ -372,6 +375,7 @@ class IntegrationDrain:
         self._to_record: list[tuple[outbox.Claimed, Outcome, Snapshot | None, asyncio.Future[None]]]
         self._to_record = []
         self._flusher: asyncio.Task[None] | None = None
+        self._unwritten = 0  # deliveries claimed or begun, their suite write not yet ended
         with engine.connect() as conn:
             scope = store.resolve_scope(conn, config.scope, config.binding)
             by_mailbox, _names, _problems = store.load_rooms(conn)
@@ -427,18 +431,17 @@ class IntegrationDrain:
         semaphore = asyncio.Semaphore(in_flight)
         refill_at = max(1, min(batch // 2, REFILL_AT * in_flight))
         outstanding = 0  # claimed, not yet recorded
-        unwritten = 0  # claimed, not yet written to the suite (or failed)
         wake = asyncio.Event()  # set as each delivery is written and as it ends
         failures: list[Exception] = []
 
         async def one(item: outbox.Claimed, snap: Snapshot | None) -> None:
-            nonlocal outstanding, unwritten
+            nonlocal outstanding
             try:
                 try:
                     async with semaphore:  # bounds the suite requests, not the bookkeeping
                         outcome = await self._write(item, snap)
                 finally:
-                    unwritten -= 1
+                    self._unwritten -= 1
                     wake.set()
                 if outcome is not None:
                     await self._recorded(item, outcome, snap)
@@ -449,7 +452,7 @@ class IntegrationDrain:
                 wake.set()
 
         async def until(level: int, writes_only: bool = False) -> None:
-            while (unwritten if writes_only else outstanding) > level:
+            while (self._unwritten if writes_only else outstanding) > level:
                 wake.clear()
                 await wake.wait()
 
@@ -467,7 +470,7 @@ class IntegrationDrain:
                 snaps = await self._db(self._snapshots, [item.schedule_id for item in claimed])
                 for item in claimed:
                     outstanding += 1
-                    unwritten += 1
+                    self._unwritten += 1
                     task = asyncio.create_task(one(item, snaps.get(item.schedule_id)))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
@@ -671,8 +674,10 @@ class IntegrationDrain:
         await done
 
     async def _flush(self) -> None:
-        await asyncio.sleep(RECORD_LINGER_S)  # let a few more deliveries join the first batch
-        while self._to_record:
+        while True:
+            await self._gather()
+            if not self._to_record:
+                return
             batch = self._to_record[:RECORD_BATCH]
             del self._to_record[:RECORD_BATCH]
             try:
@@ -686,6 +691,17 @@ class IntegrationDrain:
                     done.set_result(None)
                 else:
                     done.set_exception(error)
+
+    async def _gather(self) -> None:
+        """Group commit: while deliveries are still being written, wait (``RECORD_LINGER_S``
+        at most) for them to join the batch; a lone delivery (nothing else being written) is
+        recorded at once. A drain's deliveries end a few at a time: with a fixed 20 ms wait a
+        10,000-create Alibaba Mail drain recorded five per transaction, and gathering them
+        made it 9% faster (less CPU per delivery for SQLAlchemy, psycopg and PostgreSQL)."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + RECORD_LINGER_S
+        while self._unwritten > 0 and len(self._to_record) < RECORD_BATCH and loop.time() < until:
+            await asyncio.sleep(RECORD_POLL_S)
 
     def _record_many(
         self, entries: list[tuple[outbox.Claimed, Outcome, Snapshot | None]]
