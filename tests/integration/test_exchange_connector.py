@@ -580,6 +580,23 @@ def test_impersonation_mode_acts_as_each_mailbox(emu: EwsEmulator) -> None:
     assert (record.login, record.impersonating, record.mailbox) == (SVC_LOGIN, C, C)
 
 
+def test_creates_in_turn_for_several_mailboxes_land_in_each_ones_calendar(
+    emu: EwsEmulator,
+) -> None:
+    """A create's target folder element is built once per mailbox and reused: creates that
+    alternate between mailboxes still land in each one's own calendar."""
+    config = make_config(emu)
+    order = [A, B, A, C, B, C]
+
+    async def scenario(c: ExchangeConnector) -> list[str]:
+        writes = [oa_event(key=f"turn-{i}", attendees=[]) for i in range(len(order))]
+        return [(await c.create_event(m, w)).suite_id for m, w in zip(order, writes, strict=True)]
+
+    made = run(using(config, scenario))
+    assert [r.mailbox for r in records(emu, "CreateItem")] == order
+    assert [emu.store.owner_of(suite_id) for suite_id in made] == order
+
+
 def test_user_mode_uses_each_users_own_account(emu: EwsEmulator) -> None:
     emu.set_password("zhao4@exchange.com", "Zhao-own-pw-1", mailbox=ZHAO)
     emu.set_password(A, "Alice-own-pw-2", mailbox=A)
