@@ -87,9 +87,9 @@ from exchangelib import (
 )
 from exchangelib import errors as ews_errors
 from exchangelib.folders import Calendar, Root
-from exchangelib.items import AUTO_RESOLVE, ID_ONLY, SAVE_ONLY
+from exchangelib.items import AUTO_RESOLVE, ID_ONLY, SAVE_ONLY, SHALLOW
 from exchangelib.properties import Attendee as EwsAttendee
-from exchangelib.properties import DistinguishedFolderId
+from exchangelib.properties import CalendarView, DistinguishedFolderId
 from exchangelib.properties import Mailbox as EwsMailbox
 from exchangelib.protocol import Protocol
 
@@ -109,6 +109,7 @@ from calsync.connectors.exchange_create import (
     with_item_id,
 )
 from calsync.connectors.exchange_raw import (
+    RawFindItem,
     RawGetItem,
     RawSyncFolderItems,
     master_of,
@@ -724,11 +725,26 @@ class ExchangeConnector(SuiteConnector):
         )
 
     def _view(self, account: Account, window: Window) -> list[SuiteEvent]:
-        """The window's items: FindItem (ids) through exchangelib, then GetItem with
-        ``READ_FIELDS`` read straight from the answer's XML (``exchange_raw``)."""
+        """The window's items: FindItem over a CalendarView (ids), then GetItem with
+        ``READ_FIELDS``, both read straight from the answers' XML (``exchange_raw``)."""
         lo, hi = self._ews_bounds(window)
         calendar = account.calendar
-        ids = list(calendar.view(start=lo, end=hi).values_list("id", "changekey"))
+        ids: list[tuple[str, str]] = []
+        for found in RawFindItem(account=account).call(
+            folders=[calendar],
+            additional_fields=None,
+            restriction=None,
+            order_fields=None,
+            shape=ID_ONLY,
+            query_string=None,
+            depth=SHALLOW,
+            calendar_view=CalendarView(start=lo, end=hi),
+            max_items=None,
+            offset=0,
+        ):
+            if isinstance(found, Exception):
+                raise found
+            ids.append(found)
         if not ids:
             return []
         paths = calendar.normalize_fields(fields=list(READ_FIELDS))

@@ -13,48 +13,25 @@ before the start) gives None: the caller goes through exchangelib, which raises 
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import Any
 
 from exchangelib import EWSDateTime, EWSTimeZone
 from exchangelib.services import CreateItem
-from exchangelib.services.common import folder_ids_element
 from exchangelib.util import create_element, safe_xml_value
 from lxml import etree
 
-from calsync.connectors.exchange_raw import M, T, item_id_element
+from calsync.connectors.exchange_raw import M, T, folder_element, item_id_element
 
 MAX_CHARS = 255  # exchangelib's CharField bound (Subject, EmailAddress)
-FOLDER_CACHE_MAX = 100_000  # folder elements kept (one per mailbox written to)
 
 Person = tuple[str, str]  # (email, display name or "")
 
 
 class RawCreateItem(CreateItem):
-    """CreateItem whose items are ready ``t:CalendarItem`` elements. The target folder's
-    element is built once per (mailbox, folder, version) and copied: exchangelib builds it
-    field by field on every request (~6% of a drain's connector CPU)."""
-
-    _folders: ClassVar[dict[tuple[Any, ...], Any]] = {}
-
-    def _folder_element(self, folder: Any) -> Any:
-        version = self.account.version
-        key = (
-            self.account.primary_smtp_address.lower(),
-            type(folder).__name__,
-            getattr(folder, "id", None),
-            getattr(folder, "DISTINGUISHED_FOLDER_ID", None),
-            version.build,
-            version.api_version,
-        )
-        elem = self._folders.get(key)
-        if elem is None:
-            elem = folder_ids_element(folders=[folder], version=version, tag="m:SavedItemFolderId")
-            if len(self._folders) < FOLDER_CACHE_MAX:
-                self._folders[key] = elem
-        return copy.deepcopy(elem)
+    """CreateItem whose items are ready ``t:CalendarItem`` elements (the target folder's
+    element from ``folder_element``'s cache)."""
 
     def get_payload(
         self, items: Any, folder: Any, message_disposition: str, send_meeting_invitations: str
@@ -67,7 +44,7 @@ class RawCreateItem(CreateItem):
             },
         )
         if folder:
-            payload.append(self._folder_element(folder))
+            payload.append(folder_element(self.account, folder, "m:SavedItemFolderId"))
         etree.SubElement(payload, M + "Items").extend(items)
         return payload
 

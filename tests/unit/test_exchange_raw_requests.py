@@ -1,0 +1,85 @@
+"""Requests calsync builds from cached parts (``exchange_raw``) are the ones exchangelib
+builds: FindItem over a CalendarView, and the target folder of CreateItem and FindItem, per
+mailbox (the cache is keyed by it). Canonical XML (C14N) compared, no network."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from exchangelib import (
+    IMPERSONATION,
+    Account,
+    Configuration,
+    Credentials,
+    EWSDateTime,
+    EWSTimeZone,
+    Version,
+)
+from exchangelib.items import ID_ONLY, SHALLOW
+from exchangelib.properties import CalendarView
+from exchangelib.services import CreateItem, FindItem
+from lxml import etree
+
+from calsync.connectors.exchange import DEFAULT_BUILD, _address_calendar_by_name
+from calsync.connectors.exchange_create import RawCreateItem
+from calsync.connectors.exchange_raw import RawFindItem
+
+UTC = EWSTimeZone("UTC")
+
+
+def account(address: str) -> Account:
+    config = Configuration(
+        server="ews.example.com",
+        credentials=Credentials("svc", "not-used"),
+        version=Version(build=DEFAULT_BUILD),
+    )
+    acc = Account(address, config=config, autodiscover=False, access_type=IMPERSONATION)
+    _address_calendar_by_name(acc)  # as the connector does: no GetFolder
+    return acc
+
+
+def canonical(elem: Any) -> bytes:
+    return etree.tostring(elem, method="c14n")
+
+
+def find_args(acc: Account, view: CalendarView) -> dict[str, Any]:
+    return {
+        "folders": [acc.calendar],
+        "additional_fields": None,
+        "restriction": None,
+        "order_fields": None,
+        "query_string": None,
+        "shape": ID_ONLY,
+        "depth": SHALLOW,
+        "calendar_view": view,
+        "page_size": 100,
+        "offset": 0,
+    }
+
+
+@pytest.mark.parametrize("max_items", [None, 250])
+def test_find_item_request_is_exchangelibs(max_items: int | None) -> None:
+    start = EWSDateTime(2026, 11, 28, 16, tzinfo=UTC)
+    end = EWSDateTime(2026, 12, 5, 16, 30, tzinfo=UTC)
+    for address in ("alice@contoso.com", "bob@contoso.com", "alice@contoso.com"):
+        acc = account(address)
+        view = CalendarView(start=start, end=end, max_items=max_items)
+        ours = RawFindItem(account=acc).get_payload(**find_args(acc, view))
+        theirs = FindItem(account=acc).get_payload(**find_args(acc, view))
+        assert canonical(ours) == canonical(theirs)
+        assert address.encode() in canonical(ours)
+
+
+def test_create_item_folder_is_exchangelibs_for_each_mailbox() -> None:
+    for address in ("alice@contoso.com", "bob@contoso.com", "alice@contoso.com"):
+        acc = account(address)
+        args = {"folder": acc.calendar, "message_disposition": "SaveOnly"}
+        ours = RawCreateItem(account=acc).get_payload(
+            items=[], send_meeting_invitations="SendToNone", **args
+        )
+        theirs = CreateItem(account=acc).get_payload(
+            items=[], send_meeting_invitations="SendToNone", **args
+        )
+        assert canonical(ours) == canonical(theirs)
+        assert address.encode() in canonical(ours)
