@@ -4,6 +4,7 @@ mailbox (the cache is keyed by it). Canonical XML (C14N) compared, no network.""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -83,3 +84,38 @@ def test_create_item_folder_is_exchangelibs_for_each_mailbox() -> None:
         )
         assert canonical(ours) == canonical(theirs)
         assert address.encode() in canonical(ours)
+
+
+def test_envelope_is_exchangelibs_for_each_mailbox_mode_and_zone() -> None:
+    """The SOAP header is cached per (API version, impersonated identity, zone): the
+    envelope is byte for byte exchangelib's for each mailbox, access mode and zone."""
+    from exchangelib import DELEGATE
+    from exchangelib.services import GetItem
+
+    from calsync.connectors.exchange_raw import RawGetItem
+
+    config = Configuration(
+        server="ews.example.com",
+        credentials=Credentials("svc", "not-used"),
+        version=Version(build=DEFAULT_BUILD),
+    )
+    for address, mode, zone in [
+        ("alice@contoso.com", IMPERSONATION, "Asia/Shanghai"),
+        ("bob@contoso.com", IMPERSONATION, "Asia/Shanghai"),
+        ("alice@contoso.com", IMPERSONATION, "Europe/Berlin"),
+        ("alice@contoso.com", DELEGATE, "Asia/Shanghai"),
+        ("bob@contoso.com", IMPERSONATION, "Asia/Shanghai"),
+    ]:
+        acc = Account(
+            address,
+            config=config,
+            autodiscover=False,
+            access_type=mode,
+            default_timezone=EWSTimeZone(zone),
+        )
+        for api_version in ("Exchange2016", None):
+            body = etree.Element("{http://schemas.microsoft.com/exchange/services/2006/messages}X")
+            ours = RawGetItem(account=acc).wrap(body, api_version=api_version)
+            theirs = GetItem(account=acc).wrap(copy.deepcopy(body), api_version=api_version)
+            assert ours == theirs
+            assert (address.encode() in ours) == (mode == IMPERSONATION)

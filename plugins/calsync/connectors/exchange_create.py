@@ -22,14 +22,20 @@ from exchangelib.services import CreateItem
 from exchangelib.util import create_element, safe_xml_value
 from lxml import etree
 
-from calsync.connectors.exchange_raw import M, T, folder_element, item_id_element
+from calsync.connectors.exchange_raw import (
+    CachedHeader,
+    M,
+    T,
+    folder_element,
+    item_id_element,
+)
 
 MAX_CHARS = 255  # exchangelib's CharField bound (Subject, EmailAddress)
 
 Person = tuple[str, str]  # (email, display name or "")
 
 
-class RawCreateItem(CreateItem):
+class RawCreateItem(CachedHeader, CreateItem):
     """CreateItem whose items are ready ``t:CalendarItem`` elements (the target folder's
     element from ``folder_element``'s cache)."""
 
