@@ -119,3 +119,32 @@ def test_envelope_is_exchangelibs_for_each_mailbox_mode_and_zone() -> None:
             theirs = GetItem(account=acc).wrap(copy.deepcopy(body), api_version=api_version)
             assert ours == theirs
             assert (address.encode() in ours) == (mode == IMPERSONATION)
+
+
+@pytest.mark.parametrize("fields", [("uid", "type", "start", "end", "is_all_day"), ()])
+def test_sync_folder_items_request_is_exchangelibs(fields: tuple[str, ...]) -> None:
+    from exchangelib.services import SyncFolderItems
+
+    from calsync.connectors.exchange import _sync_fields
+    from calsync.connectors.exchange_raw import CachedSyncFolderItems, RawSyncFolderItems
+
+    for address, state in [("alice@contoso.com", None), ("bob@contoso.com", "H4sIAAA=")]:
+        acc = account(address)
+        folder = acc.calendar
+        wanted = {
+            f for f in folder.normalize_fields(fields=list(fields)) if not f.field.is_attribute
+        }
+        assert _sync_fields(folder, fields, acc.version) == wanted
+        args = {
+            "folder": folder,
+            "shape": ID_ONLY,
+            "additional_fields": wanted,
+            "sync_state": state,
+            "ignore": None,
+            "max_changes_returned": 512,
+            "sync_scope": None,
+        }
+        theirs = canonical(SyncFolderItems(account=acc).get_payload(**args))
+        for ours in (CachedSyncFolderItems, RawSyncFolderItems):
+            assert canonical(ours(account=acc).get_payload(**args)) == theirs
+        assert address.encode() in theirs

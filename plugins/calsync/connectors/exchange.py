@@ -109,6 +109,7 @@ from calsync.connectors.exchange_create import (
     with_item_id,
 )
 from calsync.connectors.exchange_raw import (
+    CachedSyncFolderItems,
     RawFindItem,
     RawGetItem,
     RawSyncFolderItems,
@@ -802,14 +803,27 @@ class ExchangeConnector(SuiteConnector):
     def _sync(
         account: Account, state: str | None, fields: tuple[str, ...] = SYNC_FIELDS
     ) -> tuple[list[tuple[str, Any]], str]:
+        """The changes since ``state`` (item objects with ``fields``) and the new state:
+        exchangelib's ``sync_items`` paging, its request built from cached parts."""
         folder = account.calendar
-        folder.item_sync_state = None  # exchangelib falls back to the folder's cached state
-        changes = list(
-            folder.sync_items(
-                sync_state=state, only_fields=list(fields), max_changes_returned=SYNC_PAGE
+        svc = CachedSyncFolderItems(account=account)
+        changes: list[tuple[str, Any]] = []
+        while True:
+            changes.extend(
+                svc.call(
+                    folder=folder,
+                    shape=ID_ONLY,
+                    additional_fields=_sync_fields(folder, fields, account.version),
+                    sync_state=state,
+                    ignore=None,
+                    max_changes_returned=SYNC_PAGE,
+                    sync_scope=None,
+                )
             )
-        )
-        return changes, folder.item_sync_state
+            # the same state back means no more pages, whatever IncludesLastItemInRange says
+            if svc.sync_state == state or svc.includes_last_item_in_range:
+                return changes, svc.sync_state
+            state = svc.sync_state
 
     @staticmethod
     def _fresh_state(account: Account) -> tuple[str, dict[str, str]]:
@@ -1187,6 +1201,22 @@ class ExchangeConnector(SuiteConnector):
                 log.debug("closing an EWS protocol failed", exc_info=True)
             with contextlib.suppress(KeyError):
                 del Protocol[config]
+
+
+_SYNC_FIELDS: dict[tuple[Any, ...], frozenset[Any]] = {}
+
+
+def _sync_fields(folder: Any, fields: tuple[str, ...], version: Any) -> frozenset[Any]:
+    """The field paths SyncFolderItems asks for, as ``FolderCollection.sync_items`` makes
+    them (validated, id and change key left out: they always come), once per version."""
+    key = (type(folder).__name__, fields, version.build, version.api_version)
+    paths = _SYNC_FIELDS.get(key)
+    if paths is None:
+        for name in fields:
+            folder.validate_item_field(field=name, version=version)
+        normalized = folder.normalize_fields(fields=list(fields))
+        paths = _SYNC_FIELDS[key] = frozenset(f for f in normalized if not f.field.is_attribute)
+    return paths
 
 
 def _address_calendar_by_name(account: Account) -> None:

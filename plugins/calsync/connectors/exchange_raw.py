@@ -201,7 +201,36 @@ def item_id_element(item_id: str, changekey: str | None) -> Any:
     return etree.Element(T + "ItemId", attrs)
 
 
-class RawSyncFolderItems(CachedHeader, SyncFolderItems):
+class CachedSyncFolderItems(CachedHeader, SyncFolderItems):
+    """SyncFolderItems (item objects, as exchangelib's) whose request is built from cached
+    parts: the item shape per (shape, fields, version) and the folder. exchangelib builds
+    both field by field on every request: 17% of the sync processes' CPU in an unchanged
+    re-sync, one SyncFolderItems per mailbox."""
+
+    _shapes: ClassVar[dict[tuple[Any, ...], Any]] = {}
+
+    def _partial_get_payload(
+        self, folder: Any, shape: Any, additional_fields: Any, sync_state: Any
+    ) -> Any:
+        version = self.account.version
+        key = (shape, frozenset(additional_fields or ()), version.build, version.api_version)
+        shape_xml = self._shapes.get(key)
+        if shape_xml is None:
+            shape_xml = self._shapes[key] = shape_element(
+                tag=self.shape_tag,
+                shape=shape,
+                additional_fields=additional_fields,
+                version=version,
+            )
+        payload = create_element(f"m:{self.SERVICE_NAME}")
+        payload.append(copy.deepcopy(shape_xml))
+        payload.append(folder_element(self.account, folder, "m:SyncFolderId"))
+        if sync_state:
+            add_xml_child(payload, "m:SyncState", sync_state)
+        return payload
+
+
+class RawSyncFolderItems(CachedSyncFolderItems):
     """SyncFolderItems that yields ``(change type, change element)``: a new sync state pages
     through every item of the calendar, and a first sync needs only the state and the
     recurring masters' UIDs, not an item object per item."""
