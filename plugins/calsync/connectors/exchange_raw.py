@@ -12,6 +12,12 @@ and sends the request (shape, chunks of 100 ids, impersonation, retries, errors)
 with ``READ_FIELDS`` (tests compare the two on the emulator's items): UTC instants, all-day
 events as dates in the item's start zone with an exclusive end, attendees de-duplicated across
 required/optional/resources, calsync's marker from its extended property.
+
+The requests calsync sends often (GetItem, FindItem, SyncFolderItems, CreateItem) are built
+from cached parts: the SOAP header (:class:`CachedHeader`), the item shape and the folder
+element (:func:`folder_element`), each built once by exchangelib and copied, since
+exchangelib builds them field by field on every request. ``tests/unit/
+test_exchange_raw_requests.py`` compares every such request with exchangelib's own.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ T = "{http://schemas.microsoft.com/exchange/services/2006/types}"
 M = "{http://schemas.microsoft.com/exchange/services/2006/messages}"
 
 HEADER_CACHE_MAX = 100_000  # SOAP headers kept (one per mailbox impersonated)
+FOLDER_CACHE_MAX = 100_000  # folder elements kept (a few per mailbox)
 
 EVENT_TYPES = {
     "Single": "singleInstance",
@@ -118,7 +125,6 @@ class RawGetItem(CachedHeader, GetItem):
         return payload
 
 
-FOLDER_CACHE_MAX = 100_000  # folder elements kept (a few per mailbox)
 _folders: dict[tuple[Any, ...], Any] = {}
 
 
