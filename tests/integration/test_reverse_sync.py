@@ -346,3 +346,26 @@ def test_deliveries_finishing_together_share_an_oa_transaction(
     ReverseRunner(seeded_oa, [rev_config])()
     assert [n for n, _ in recorded] == [1]
     assert recorded[0][1] - ended[-1] < 5.0
+
+
+def test_a_claim_that_skipped_due_rows_is_tried_again(
+    seeded_oa: sa.Engine, rev_config: IntegrationConfig, graph: Any, monkeypatch: pytest.MonkeyPatch
+):
+    """A claim can come back empty while a due delivery is there (another transaction held
+    its row for a moment: SKIP LOCKED passed it). The drain claims again instead of ending
+    and leaving the change for the next run."""
+    from calsync.oa import outbox
+
+    claim = outbox.claim
+    calls: list[int] = []
+
+    def skipping_once(conn: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return [] if len(calls) == 1 else claim(conn, *args, **kwargs)
+
+    monkeypatch.setattr(outbox, "claim", skipping_once)
+    oa_create(seeded_oa, "lina", "claimed at the second look")
+    summary = ReverseRunner(seeded_oa, [rev_config])()
+    assert ReverseRunner.counts(ReverseRunner(seeded_oa, []), summary) == {"created": 1}
+    assert len(by_subject(graph, LINA, "claimed at the second look")) == 1
+    assert len(calls) >= 2

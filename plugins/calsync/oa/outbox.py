@@ -267,6 +267,27 @@ def claim(
     return claimed
 
 
+def has_due(conn: sa.Connection, integration_id: str, exclude: Iterable[int] = ()) -> bool:
+    """Whether a due, unclaimed delivery of the integration is there, by a plain read (no
+    lock). ``claim`` can skip such a row while another transaction holds it for a moment:
+    a locking scan of a small table under READ COMMITTED locks each row it reads before it
+    filters, so another integration's claim can hold this one's row as it passes."""
+    now = utcnow()
+    d = t.deliveries
+    query = (
+        sa.select(d.c.id)
+        .where(
+            d.c.integration_id == integration_id,
+            d.c.status == "pending",
+            d.c.next_attempt_at <= now,
+            sa.or_(d.c.claim_expires_at.is_(None), d.c.claim_expires_at < now),
+            *([d.c.id.not_in(list(exclude))] if exclude else []),
+        )
+        .limit(1)
+    )
+    return conn.execute(query).first() is not None
+
+
 def finish(conn: sa.Connection, item: Claimed) -> bool:
     """Mark a delivery done; False (left pending, claim released) when a newer change of the
     schedule arrived while it was being delivered."""

@@ -65,6 +65,8 @@ PER_MAILBOX = 4  # Graph allows 4 concurrent requests per mailbox; the others ar
 CLAIM_BATCH = 500  # deliveries claimed (and their schedules read) at once
 REFILL_AT = 2  # the next batch is claimed when at most this × the writes allowed in flight
 # remain to be written
+CLAIM_ATTEMPTS = 5  # claims of due rows that came back empty (skipped: see _claim)
+CLAIM_RETRY_S = 0.02  # × the attempt number between them
 RECORD_BATCH = 500  # at most this many deliveries' bookkeeping in one OA transaction
 # While other deliveries are still being written, a flush waits up to this long for them to
 # join its batch (polling every RECORD_POLL_S); with none left it records at once.
@@ -388,15 +390,24 @@ class IntegrationDrain:
         return await asyncio.to_thread(fn, *args)
 
     def _claim(self, limit: int) -> list[outbox.Claimed]:
-        with self.engine.begin() as conn:
-            return outbox.claim(
-                conn,
-                self.config.id,
-                self.worker,
-                limit=limit,
-                lease=dt.timedelta(seconds=self.config.execution.claim_lease_s),
-                exclude=self._tried,
-            )
+        """The next due deliveries. An empty claim while due, unclaimed ones are there
+        (skipped: another transaction held them for a moment, ``outbox.has_due``) is tried
+        again shortly, so a drain does not end with a change left for the next run."""
+        for attempt in range(1, CLAIM_ATTEMPTS + 1):
+            with self.engine.begin() as conn:
+                claimed = outbox.claim(
+                    conn,
+                    self.config.id,
+                    self.worker,
+                    limit=limit,
+                    lease=dt.timedelta(seconds=self.config.execution.claim_lease_s),
+                    exclude=self._tried,
+                )
+                if claimed or not outbox.has_due(conn, self.config.id, self._tried):
+                    return claimed
+            if attempt < CLAIM_ATTEMPTS:
+                time.sleep(CLAIM_RETRY_S * attempt)
+        return []
 
     def _guard_deletes(self) -> None:
         """E10 before delivering: hold an OA bulk delete, or release held ones when the
