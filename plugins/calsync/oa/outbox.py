@@ -191,6 +191,21 @@ class Claimed:
     fresh: bool = False
 
 
+def _due(
+    integration_id: str, now: dt.datetime, exclude: Iterable[int]
+) -> list[sa.ColumnElement[bool]]:
+    """A due delivery of the integration: pending, its time come, not under a live claim,
+    not among ``exclude``."""
+    d = t.deliveries
+    return [
+        d.c.integration_id == integration_id,
+        d.c.status == "pending",
+        d.c.next_attempt_at <= now,
+        sa.or_(d.c.claim_expires_at.is_(None), d.c.claim_expires_at < now),
+        *([d.c.id.not_in(list(exclude))] if exclude else []),
+    ]
+
+
 def claim(
     conn: sa.Connection,
     integration_id: str,
@@ -217,13 +232,7 @@ def claim(
                 d.c.created_at,
                 d.c.updated_at,
             )
-            .where(
-                d.c.integration_id == integration_id,
-                d.c.status == "pending",
-                d.c.next_attempt_at <= now,
-                sa.or_(d.c.claim_expires_at.is_(None), d.c.claim_expires_at < now),
-                *([d.c.id.not_in(list(exclude))] if exclude else []),
-            )
+            .where(*_due(integration_id, now, exclude))
             .order_by(d.c.next_attempt_at, d.c.id)
             .limit(limit),
             conn,
@@ -272,20 +281,8 @@ def has_due(conn: sa.Connection, integration_id: str, exclude: Iterable[int] = (
     lock). ``claim`` can skip such a row while another transaction holds it for a moment:
     a locking scan of a small table under READ COMMITTED locks each row it reads before it
     filters, so another integration's claim can hold this one's row as it passes."""
-    now = utcnow()
-    d = t.deliveries
-    query = (
-        sa.select(d.c.id)
-        .where(
-            d.c.integration_id == integration_id,
-            d.c.status == "pending",
-            d.c.next_attempt_at <= now,
-            sa.or_(d.c.claim_expires_at.is_(None), d.c.claim_expires_at < now),
-            *([d.c.id.not_in(list(exclude))] if exclude else []),
-        )
-        .limit(1)
-    )
-    return conn.execute(query).first() is not None
+    query = sa.select(t.deliveries.c.id).where(*_due(integration_id, utcnow(), exclude))
+    return conn.execute(query.limit(1)).first() is not None
 
 
 def finish(conn: sa.Connection, item: Claimed) -> bool:
