@@ -193,12 +193,13 @@ def reverse_scenario(suite: str, args: argparse.Namespace, workdir: Path) -> dic
         drains = args.processes  # drain processes sharing the outbox, as several workers
         log = workdir / f"{suite}_reverse_drain.log"
         if drains == 1:
+            start = resource.getrusage(resource.RUSAGE_SELF)
             with stdout_to(log):
                 summary, wall = reverse_drain.run_drain(engine, config)
             reports = [summary["integrations"][0]]
             usage = resource.getrusage(resource.RUSAGE_SELF)
             rss = [round(usage.ru_maxrss / 1024)]
-            cpu = [usage.ru_utime + usage.ru_stime]  # the harness's own set-up included
+            cpu = [usage.ru_utime + usage.ru_stime - start.ru_utime - start.ru_stime]
         else:
             spec = argparse.Namespace(drains=drains, concurrency=concurrency, log=log)
             results, wall = reverse_drain.run_drains(urls[0], spec, config_file)
