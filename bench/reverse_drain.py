@@ -21,7 +21,7 @@ Timed: one drain of one reverse integration (route the outbox, then deliver ever
 work through the deliveries' claims): wall time, changes/s, Graph requests (token requests
 apart) and 429s, two floors — the suite's (one request per change × latency ÷ the requests
 Graph allows at once: 4 per mailbox) and the engine's (requests sent × latency ÷ the requests
-it keeps in flight: ``execution.concurrency`` × ``PER_MAILBOX`` per drain) — peak RSS of a
+it keeps in flight: ``execution.concurrency`` × ``writes_per_mailbox`` per drain) — peak RSS of a
 drain process (for ``--drains 1`` the bench process, seeding included) and of the emulator,
 and the CPU seconds each side used. Afterwards every schedule must be in its creator's calendar
 exactly once and every delivery done (else the exit status is 1). Prints a table; ``--json``
@@ -463,14 +463,15 @@ def main() -> int:
         engine.dispose()
         drop_oa(url)
 
-    from calsync.sync.reverse import PER_MAILBOX
+    from calsync.connectors.graph import GraphConnector
 
     by_kind = {
         k: after["by_kind"].get(k, 0) - before["by_kind"].get(k, 0) for k in after["by_kind"]
     }
     tokens = by_kind.pop("token", 0)
     requests_sent = sum(by_kind.values())
-    in_flight = min(args.concurrency * PER_MAILBOX * args.drains, args.users * args.mailbox_limit)
+    per_drain = args.concurrency * GraphConnector.writes_per_mailbox
+    in_flight = min(per_drain * args.drains, args.users * args.mailbox_limit)
     suite_limit = args.users * args.mailbox_limit
     counts: dict[str, int] = {}
     errors: list[str] = []

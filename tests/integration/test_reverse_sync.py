@@ -22,6 +22,7 @@ from tests.integration.reverse_helpers import (
     oa_delete,
     oa_update,
     reverse_logs,
+    user_id,
 )
 
 ZHANG = "zhangwei@contoso.com"
@@ -369,3 +370,37 @@ def test_a_claim_that_skipped_due_rows_is_tried_again(
     assert ReverseRunner.counts(ReverseRunner(seeded_oa, []), summary) == {"created": 1}
     assert len(by_subject(graph, LINA, "claimed at the second look")) == 1
     assert len(calls) >= 2
+
+
+def test_a_claim_takes_the_oldest_with_their_creators_other_changes(
+    seeded_oa: sa.Engine, rev_config: IntegrationConfig
+):
+    """A claim takes the oldest due deliveries, each creator's beside its other due ones (in
+    the order they came), up to the limit; a second drain's claim takes what is left, and
+    ``interleaved`` deals a claim out in turns over the creators."""
+    from calsync.oa import outbox
+    from calsync.sync.reverse import interleaved, route_all
+
+    order = ["lina", "zhangwei", "wangfang", "lina", "zhangwei", "lina", "liuyang", "lina"]
+    ids = [oa_create(seeded_oa, who, f"claimed {i}") for i, who in enumerate(order)]
+    route_all(seeded_oa, [rev_config])
+    creator = {login: user_id(seeded_oa, login) for login in set(order)}
+    lease = dt.timedelta(seconds=60)
+
+    def claim(worker: str, limit: int) -> list[outbox.Claimed]:
+        with seeded_oa.begin() as conn:
+            return outbox.claim(conn, rev_config.id, worker, limit=limit, lease=lease)
+
+    # The three oldest are lina's, zhangwei's and wangfang's: lina's four come first (her
+    # later ones pulled in), then zhangwei's first, cut at the limit of five.
+    first = claim("drain-1", 5)
+    assert [c.schedule_id for c in first] == [ids[0], ids[3], ids[5], ids[7], ids[1]]
+    assert [c.creator_id for c in first] == [creator["lina"]] * 4 + [creator["zhangwei"]]
+    rest = claim("drain-2", 10)
+    assert [c.schedule_id for c in rest] == [ids[2], ids[4], ids[6]]  # oldest first, disjoint
+    assert claim("drain-3", 10) == []
+
+    dealt = interleaved(first + rest)
+    assert [c.schedule_id for c in dealt] == [
+        ids[0], ids[1], ids[2], ids[6], ids[3], ids[4], ids[5], ids[7]
+    ]  # fmt: skip

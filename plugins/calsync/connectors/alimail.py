@@ -486,6 +486,7 @@ class AlimailConnector(SuiteConnector):
         self._http: AlimailHttp | None = None
         self._http_lock = threading.Lock()
         self._calendars: dict[str, str] = {}  # mailbox -> calendar id of the configured folder
+        self._calendar_locks: dict[str, threading.Lock] = {}
         workers = max(4, config.execution.concurrency)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="calsync-alimail")
         self._workers = workers
@@ -560,6 +561,16 @@ class AlimailConnector(SuiteConnector):
         cached = self._calendars.get(mailbox)
         if cached is not None:
             return cached
+        # One listing per mailbox: the writes a drain has in flight for it wait for the first.
+        with self._http_lock:
+            lock = self._calendar_locks.setdefault(mailbox, threading.Lock())
+        with lock:
+            cached = self._calendars.get(mailbox)
+            if cached is not None:
+                return cached
+            return self._list_calendar_id(mailbox)
+
+    def _list_calendar_id(self, mailbox: str) -> str:
         http = self._client()
         try:
             _, body = http.call("calendars", "GET", user_path(wire.CALENDARS_PATH, mailbox))

@@ -84,6 +84,14 @@ class SuiteConnector(abc.ABC):
     per-mailbox limits hold; request-level throttling (Retry-After) is handled inside.
     """
 
+    # Writes to one mailbox a reverse drain keeps in flight at once: Graph allows 4 concurrent
+    # requests per mailbox; a connector that sends a mailbox's creates together in one request
+    # (Exchange) takes more.
+    writes_per_mailbox = 4
+    # Whether writes to one mailbox asked for together leave in one request: a drain then keeps
+    # a mailbox's changes side by side, else it takes them in turns over the mailboxes.
+    batches_mailbox_writes = False
+
     def __init__(self, config: IntegrationConfig) -> None:
         self.config = config
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,6 +189,7 @@ class Claimed:
     # The schedule's first delivery to this integration, never tried before (see ``claim``):
     # a create may skip looking for an event carrying calsync's key.
     fresh: bool = False
+    creator_id: int | None = None  # the schedule's creator (its mailbox), when known
 
 
 def _due(
@@ -206,6 +207,82 @@ def _due(
     ]
 
 
+_CLAIM_COLUMNS = (
+    t.deliveries.c.id,
+    t.deliveries.c.schedule_id,
+    t.deliveries.c.outbox_id,
+    t.deliveries.c.attempts,
+    t.deliveries.c.claimed_by,
+    t.deliveries.c.claim_expires_at,
+    t.deliveries.c.last_error,
+    t.deliveries.c.created_at,
+    t.deliveries.c.updated_at,
+)
+
+
+def _creators_together(
+    conn: sa.Connection,
+    first: list[sa.Row[Any]],
+    due: list[sa.ColumnElement[bool]],
+    limit: int,
+    locked: Callable[..., list[sa.Row[Any]]],
+) -> list[tuple[sa.Row[Any], int | None]]:
+    """What a claim takes, each with its schedule's creator, in the order taken: ``first``
+    (the oldest due deliveries, locked) grouped by creator, each group followed by its
+    creator's other due deliveries (locked here, skipping what another drain holds), groups in
+    the order their oldest came, ``limit`` in all (the last group may be cut; the rest of
+    ``first`` is left for the next claim). One drain then holds a mailbox's changes together:
+    a connector can send them in one request (EWS CreateItem) after one lookup (a mailbox's
+    calendar), where first-come order spreads them over every drain and claim."""
+    d, s, ob = t.deliveries, t.schedules, t.outbox
+    creator_of: dict[int, int | None] = {}
+    for chunk in chunks([r.id for r in first]):  # a deleted schedule's: its delete's
+        creator_of.update(
+            conn.execute(
+                sa.select(d.c.id, sa.func.coalesce(s.c.creator_id, ob.c.creator_id))
+                .select_from(
+                    d.outerjoin(s, s.c.id == d.c.schedule_id).outerjoin(
+                        ob, ob.c.id == d.c.outbox_id
+                    )
+                )
+                .where(d.c.id.in_(chunk))
+            ).all()
+        )
+    groups: dict[Any, list[sa.Row[Any]]] = {}
+    for row in first:  # a row without a known creator is a group of its own
+        creator = creator_of.get(row.id)
+        groups.setdefault(("row", row.id) if creator is None else creator, []).append(row)
+    held = {r.id for r in first}
+    others: dict[Any, list[int]] = {}
+    creators = [c for c in groups if not isinstance(c, tuple)]
+    for chunk in chunks(creators):
+        for delivery_id, creator in conn.execute(
+            sa.select(d.c.id, s.c.creator_id)
+            .select_from(d.join(s, s.c.id == d.c.schedule_id))
+            .where(*due, s.c.creator_id.in_(chunk))
+            .order_by(d.c.next_attempt_at, d.c.id)
+        ):
+            if delivery_id not in held:
+                others.setdefault(creator, []).append(delivery_id)
+    plan: list[tuple[Any, sa.Row[Any] | int]] = []  # (group, a locked row or an id to lock)
+    for key, rows in groups.items():
+        if len(plan) >= limit:
+            break
+        plan += [(key, x) for x in [*rows, *others.get(key, [])]][: limit - len(plan)]
+    wanted = [x for _, x in plan if isinstance(x, int)]
+    got: dict[int, sa.Row[Any]] = {}
+    for chunk in chunks(wanted):
+        got.update((r.id, r) for r in locked(d.c.id.in_(chunk)))
+    out: list[tuple[sa.Row[Any], int | None]] = []
+    for key, x in plan:
+        creator = None if isinstance(key, tuple) else key
+        if not isinstance(x, int):
+            out.append((x, creator))
+        elif x in got:  # not taken meanwhile by another drain
+            out.append((got[x], creator))
+    return out
+
+
 def claim(
     conn: sa.Connection,
     integration_id: str,
@@ -215,29 +292,19 @@ def claim(
     lease: dt.timedelta,
     exclude: Iterable[int] = (),
 ) -> list[Claimed]:
-    """Take up to ``limit`` due pending deliveries of one integration (caller's transaction);
+    """Take up to ``limit`` due pending deliveries of one integration (caller's transaction):
+    the oldest, each with its creator's other due deliveries beside it (``_creators_together``);
     ``exclude``: deliveries this drain already tried (a retry waits for a later drain)."""
     now = utcnow()
     d = t.deliveries
-    rows = conn.execute(
-        _skip_locked(
-            sa.select(
-                d.c.id,
-                d.c.schedule_id,
-                d.c.outbox_id,
-                d.c.attempts,
-                d.c.claimed_by,
-                d.c.claim_expires_at,
-                d.c.last_error,
-                d.c.created_at,
-                d.c.updated_at,
-            )
-            .where(*_due(integration_id, now, exclude))
-            .order_by(d.c.next_attempt_at, d.c.id)
-            .limit(limit),
-            conn,
-        )
-    ).all()
+    due = _due(integration_id, now, exclude)
+
+    def locked(*where: sa.ColumnElement[bool], limit: int | None = None) -> list[sa.Row[Any]]:
+        query = sa.select(*_CLAIM_COLUMNS).where(*due, *where).order_by(d.c.next_attempt_at, d.c.id)
+        return conn.execute(_skip_locked(query.limit(limit), conn)).all()
+
+    taken = _creators_together(conn, locked(limit=limit), due, limit, locked)
+    rows = [row for row, _ in taken]
     # ``fresh``: no drain ever touched the row (claims, finishing, failures and re-arming all
     # move ``updated_at``; a lapsed lease also keeps its claim, a failure its error), and the
     # routing that created it consumed the schedule's creation in the OA (same timestamp):
@@ -264,8 +331,15 @@ def claim(
             if oid <= row.outbox_id and routed_at == row.created_at:
                 created.add(sid)
     claimed = [
-        Claimed(r.id, r.schedule_id, r.outbox_id, r.attempts, fresh=r.schedule_id in created)
-        for r in rows
+        Claimed(
+            r.id,
+            r.schedule_id,
+            r.outbox_id,
+            r.attempts,
+            fresh=r.schedule_id in created,
+            creator_id=creator,
+        )
+        for r, creator in taken
     ]
     for chunk in chunks([c.id for c in claimed]):
         conn.execute(

@@ -19,8 +19,10 @@ pending for the next drain) and:
 
 Throughput: a drain claims deliveries in batches (``CLAIM_BATCH``) and reads their schedules
 in a few queries per batch, the next batch claimed while the last ones of the current batch
-are in flight (``REFILL_AT``); ``execution.concurrency`` × ``PER_MAILBOX`` writes are in flight
-at once (at most ``PER_MAILBOX`` per mailbox); finished deliveries are recorded together, one
+are in flight (``REFILL_AT``); ``execution.concurrency`` × the connector's
+``writes_per_mailbox`` writes are in flight at once (at most that many per mailbox); a claim
+puts a creator's changes side by side (``outbox.claim``), so a mailbox's writes go out
+together; finished deliveries are recorded together, one
 OA transaction per group (group commit). A schedule's first delivery that no drain touched
 before (``outbox.Claimed.fresh``) creates without the lookup by key: nothing can carry its key
 yet. Every retry, takeover of a lapsed claim and later delivery looks first.
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -61,7 +64,6 @@ from calsync.sync.plan import event_extent
 
 log = logging.getLogger("calsync.reverse")
 
-PER_MAILBOX = 4  # Graph allows 4 concurrent requests per mailbox; the others are no tighter
 CLAIM_BATCH = 500  # deliveries claimed (and their schedules read) at once
 REFILL_AT = 2  # the next batch is claimed when at most this × the writes allowed in flight
 # remain to be written
@@ -276,6 +278,17 @@ def build_write(
 # --- one integration's deliveries ----------------------------------------------------------
 
 
+def interleaved(claimed: list[outbox.Claimed]) -> list[outbox.Claimed]:
+    """A claim's deliveries (a creator's side by side) taken in turns over their creators: for
+    a connector that sends one mailbox's writes one by one, the writes in flight then spread
+    over many mailboxes instead of queueing for a few (each holding a place meanwhile)."""
+    groups: dict[Any, list[outbox.Claimed]] = {}
+    for item in claimed:
+        key = item.creator_id if item.creator_id is not None else ("delivery", item.id)
+        groups.setdefault(key, []).append(item)
+    return [x for turn in itertools.zip_longest(*groups.values()) for x in turn if x is not None]
+
+
 class _Unread:
     """``deliver``'s default: the schedule is read for this delivery alone."""
 
@@ -438,7 +451,7 @@ class IntegrationDrain:
         slowest delivery, its bookkeeping nor the claim; what is claimed is delivered, the
         deadline only stops claiming."""
         batch = batch or CLAIM_BATCH
-        in_flight = self.config.execution.concurrency * PER_MAILBOX
+        in_flight = self.config.execution.concurrency * self.connector.writes_per_mailbox
         semaphore = asyncio.Semaphore(in_flight)
         refill_at = max(1, min(batch // 2, REFILL_AT * in_flight))
         outstanding = 0  # claimed, not yet recorded
@@ -478,6 +491,8 @@ class IntegrationDrain:
                     # A delivery in flight may re-arm another: look once more after them.
                     await until(0)
                     continue
+                if not self.connector.batches_mailbox_writes:
+                    claimed = interleaved(claimed)
                 snaps = await self._db(self._snapshots, [item.schedule_id for item in claimed])
                 for item in claimed:
                     outstanding += 1
@@ -501,7 +516,9 @@ class IntegrationDrain:
     def _lock(self, mailbox: str) -> asyncio.Semaphore:
         lock = self._mailbox_locks.get(mailbox)
         if lock is None:
-            lock = self._mailbox_locks[mailbox] = asyncio.Semaphore(PER_MAILBOX)
+            lock = self._mailbox_locks[mailbox] = asyncio.Semaphore(
+                self.connector.writes_per_mailbox
+            )
         return lock
 
     async def deliver(
