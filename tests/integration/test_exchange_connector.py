@@ -32,6 +32,7 @@ from calsync.connectors.base import (
     connector_for,
 )
 from calsync.connectors.exchange import ExchangeConnector, SyncState
+from calsync.connectors.exchange_raw import T
 from calsync.errors import AccountMissing, ConnectorError, MailboxNotFound
 from calsync.model import Attendee, SuiteEvent, Window
 from emulators.ews import EwsEmulator
@@ -595,6 +596,50 @@ def test_creates_in_turn_for_several_mailboxes_land_in_each_ones_calendar(
     made = run(using(config, scenario))
     assert [r.mailbox for r in records(emu, "CreateItem")] == order
     assert [emu.store.owner_of(suite_id) for suite_id in made] == order
+
+
+def test_creates_asked_together_for_a_mailbox_leave_in_one_create_item(emu: EwsEmulator) -> None:
+    """New events asked for one mailbox at the same time go in one CreateItem (another
+    mailbox's in its own); each caller gets its own event, as a create on its own gives it."""
+    config = make_config(emu)
+    writes = [oa_event(key=f"together-{i}", subject=f"Together {i}") for i in range(6)]
+    for write in writes:
+        write.known_new = True
+    mailboxes = [A, A, A, A, B, B]
+
+    async def scenario(c: ExchangeConnector) -> list[SuiteEvent]:
+        return list(
+            await asyncio.gather(
+                *(c.create_event(m, w) for m, w in zip(mailboxes, writes, strict=True))
+            )
+        )
+
+    before = emu.stats.by_operation["CreateItem"]
+    made = run(using(config, scenario))
+    assert emu.stats.by_operation["CreateItem"] - before == 2  # one request per mailbox
+    assert [emu.store.owner_of(e.suite_id) for e in made] == mailboxes
+    assert len({e.suite_id for e in made}) == 6
+    for event, write, mailbox in zip(made, writes, mailboxes, strict=True):
+        assert event.subject == write.subject and event.calsync_key == write.key
+        assert event.organizer is not None and event.organizer.email == mailbox
+        assert emu.store.get(mailbox, event.suite_id)["subject"] == write.subject
+
+
+def test_an_item_refused_in_a_shared_create_item_fails_alone(emu: EwsEmulator) -> None:
+    """EWS answers each item of a CreateItem on its own: the refused one is that caller's
+    error (mapped, named), the others are made."""
+    config = make_config(emu)
+
+    async def scenario(c: ExchangeConnector) -> list[Any]:
+        good = c._item_element(oa_event(key="shared-good"))
+        bad = c._item_element(oa_event(key="shared-bad"))
+        bad.tag = T + "Message"  # the emulator makes calendar items only
+        return await c._send_creates(A, [good, bad])
+
+    made, refused = run(using(config, scenario))
+    assert isinstance(made, SuiteEvent) and emu.store.owner_of(made.suite_id) == A
+    assert isinstance(refused, ConnectorError) and not refused.retriable
+    assert "ErrorInvalidRequest" in str(refused) and A in str(refused)
 
 
 def test_user_mode_uses_each_users_own_account(emu: EwsEmulator) -> None:

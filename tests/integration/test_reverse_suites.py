@@ -207,7 +207,7 @@ class AlimailSide:
 
     def check_backoff(self) -> None:
         """At most the requests already in flight for a mailbox (the engine sends up to
-        PER_MAILBOX at once) land inside a 429's Retry-After."""
+        ``writes_per_mailbox`` at once) land inside a 429's Retry-After."""
         stats = self.server.stats.snapshot()
         violations = stats["retry_after_violations"]  # answered 429 as well
         assert violations <= 3 * (stats["throttled_429"] - violations)
@@ -588,6 +588,23 @@ def test_throttled_suite_still_gets_each_change_once(side: Any, oa: sa.Engine):
         mailbox = f"{logins[i % len(logins)]}@contoso.com".replace("zhao4@", "zhao4b@")
         assert len(side.events(mailbox, f"busy {i}")) == 1
     side.check_backoff()
+
+
+def test_a_mailboxs_new_events_go_out_together(side: Any, oa: sa.Engine):
+    """A drain's claim holds a creator's changes together: Exchange sends each mailbox's new
+    events in one CreateItem, Alibaba Mail lists each mailbox's calendars once; every
+    schedule still arrives exactly once, in its creator's calendar."""
+    logins = ["zhangwei", "lina", "wangfang"]
+    for i in range(12):  # first come: the creators in turn
+        oa_create(oa, logins[i % 3], f"together {i}", tomorrow_at(8 + i % 10))
+    summary = drain_or_fail(ReverseRunner(oa, [side.config()]))
+    assert ReverseRunner.counts(ReverseRunner(oa, []), summary) == {"created": 12}
+    for i in range(12):
+        assert len(side.events(f"{logins[i % 3]}@contoso.com", f"together {i}")) == 1
+    if side.kind == "exchange":
+        assert side.server.stats.by_operation["CreateItem"] == 3  # one per mailbox
+    else:
+        assert side.server.stats.snapshot()["by_kind"]["calendars_list"] == 3
 
 
 # the emulators, started once per session as for the contract tests

@@ -127,6 +127,7 @@ from calsync.connectors.exchange_transport import (
     parse_build,
     trust_ca_bundle,
 )
+from calsync.connectors.mailbox_batch import MailboxBatcher
 from calsync.errors import AccountMissing, ConnectorError, MailboxNotFound
 from calsync.model import Attendee, SuiteEvent, Window
 
@@ -135,9 +136,20 @@ log = logging.getLogger(__name__)
 DEFAULT_BUILD = Build(15, 1, 2507, 6)  # Exchange 2016 CU23; API version "Exchange2016"
 DEFAULT_MAX_WAIT_S = 60.0  # one back-off longer than this fails the call at once
 DEFAULT_TOTAL_WAIT_S = 120.0  # all back-offs of one call together
+CREATE_BATCH = 50  # items per CreateItem (exchangelib's own chunk is 100)
 SYNC_PAGE = 512  # SyncFolderItems MaxChangesReturned (EWS maximum)
 STATE_PREFIX = "ews1."
 T = TypeVar("T")
+# EWS answers (ResponseCode) that say "not now" rather than "no": worth another attempt.
+_TRANSIENT_ANSWERS = (
+    ews_errors.ErrorMailboxStoreUnavailable,
+    ews_errors.ErrorMailboxMoveInProgress,
+    ews_errors.ErrorConnectionFailed,
+    ews_errors.ErrorConnectionFailedTransientError,
+    ews_errors.ErrorInternalServerError,
+    ews_errors.ErrorExceededConnectionCount,
+    ews_errors.ErrorBatchProcessingStopped,
+)
 
 
 class CalsyncKeyProperty(ExtendedProperty):
@@ -448,6 +460,12 @@ def _window_key(window: Window) -> list[str]:
 class ExchangeConnector(SuiteConnector):
     """Exchange Server (EWS) via exchangelib; see the module docstring."""
 
+    # A mailbox's new events leave together in one CreateItem (``create_event``): a drain may
+    # keep more of them in flight than Graph's 4 requests per mailbox, under the classic
+    # EWSMaxConcurrency of 10 for what goes one by one (updates, deletes).
+    writes_per_mailbox = 10
+    batches_mailbox_writes = True
+
     def __init__(self, config: IntegrationConfig, accounts: AccountLookup | None = None) -> None:
         super().__init__(config)
         params = config.exchange
@@ -483,6 +501,9 @@ class ExchangeConnector(SuiteConnector):
         self._closed = False
         self._settings_loaded = False
         self._ntlm_domain: str | None = None
+        self._creates: MailboxBatcher[Any, SuiteEvent] = MailboxBatcher(
+            self._send_creates, CREATE_BATCH
+        )
 
     # --- plumbing ---
 
@@ -677,6 +698,13 @@ class ExchangeConnector(SuiteConnector):
             | ews_errors.ErrorTooManyObjectsOpened,
         ):
             return ConnectorError(f"Exchange is busy ({name}): {text}", status=503, retriable=True)
+        if isinstance(exc, ews_errors.ErrorInvalidSyncStateData):
+            return ConnectorError(f"Exchange refused the sync state: {text}", retriable=True)
+        if isinstance(exc, ews_errors.ResponseMessageError):  # an answer, not a lost connection
+            return ConnectorError(
+                f"Exchange error on {mailbox} ({name}): {text}",
+                retriable=isinstance(exc, _TRANSIENT_ANSWERS),
+            )
         if isinstance(exc, ews_errors.TransportError):
             tls = any(word in text for word in ("SSL", "certificate", "CERTIFICATE"))
             if tls:
@@ -688,8 +716,6 @@ class ExchangeConnector(SuiteConnector):
             return ConnectorError(
                 f"Exchange unreachable at {self.endpoint}: {text}", retriable=True
             )
-        if isinstance(exc, ews_errors.ErrorInvalidSyncStateData):
-            return ConnectorError(f"Exchange refused the sync state: {text}", retriable=True)
         if isinstance(exc, ews_errors.EWSError):
             return ConnectorError(f"Exchange error on {mailbox} ({name}): {text}", retriable=False)
         if isinstance(exc, OSError):
@@ -1081,6 +1107,7 @@ class ExchangeConnector(SuiteConnector):
         return values
 
     def _create(self, account: Account, event: EventWrite) -> SuiteEvent:
+        """A create on its own: looked for by key first (unless ``known_new``)."""
         if event.key and not event.known_new:
             existing = self._find(account, event.key)
             if existing is not None:
@@ -1090,43 +1117,88 @@ class ExchangeConnector(SuiteConnector):
                     account.primary_smtp_address,
                 )
                 return existing
-        # calsync gives the meeting its UID, so the new item is known without reading it back:
-        # CreateItem answers with its id and change key, the rest is what was written (one
-        # request per create instead of two). Its modification time is the create's, by this
-        # machine's clock (nothing decides on it: conflicts compare a fresh read's).
-        uid = uuid.uuid4().hex
-        elem = calendar_item_element(
+        elem = self._item_element(event)
+        if elem is None:  # values exchangelib refuses: its own item raises its own error
+            item = CalendarItem(
+                account=account,
+                folder=account.calendar,
+                uid=uuid.uuid4().hex,
+                **self._values(event),
+            )
+            item.save(send_meeting_invitations=self.params.invitation_mode)
+            return self._made(account, normalize_item(item, self.config.timezone))
+        [made] = self._create_many(account, [elem])
+        if isinstance(made, BaseException):
+            raise made
+        return made
+
+    def _item_element(self, event: EventWrite) -> Any | None:
+        """The create's ``t:CalendarItem`` (``exchange_create``), or None: exchangelib's own
+        item must make it (it raises its own error). calsync gives the meeting its UID, so
+        the new item is known without reading it back."""
+        return calendar_item_element(
             subject=event.subject,
             body=event.body,
             html=event.body_type == "html",
             sensitivity=SENSITIVITY_OUT.get(event.sensitivity.lower(), "Normal"),
             key=event.key,
             key_property=KEY_PROPERTY,
-            uid=uid,
+            uid=uuid.uuid4().hex,
             times=self._times(event),
             location=event.location,
             people=self._people(event),
         )
-        if elem is None:  # values exchangelib refuses: its own item raises its own error
-            item = CalendarItem(
-                account=account, folder=account.calendar, uid=uid, **self._values(event)
-            )
-            item.save(send_meeting_invitations=self.params.invitation_mode)
-            made = normalize_item(item, self.config.timezone)
-        else:
-            result = RawCreateItem(account=account).get(
-                items=[elem],
+
+    def _create_many(self, account: Account, elems: list[Any]) -> list[SuiteEvent | Exception]:
+        """One CreateItem of several items into the mailbox's calendar: the new events, or
+        for an item EWS refused, its error. CreateItem answers with each id and change key,
+        the rest is what was written (one request per create instead of two); the modification
+        time is the create's by this machine's clock (nothing decides on it: conflicts compare
+        a fresh read's)."""
+        results = list(
+            RawCreateItem(account=account).call(
+                items=elems,
                 folder=account.calendar,
                 message_disposition=SAVE_ONLY,
                 send_meeting_invitations=self.params.invitation_mode,
             )
-            made = self._read_element(with_item_id(elem, result.id, result.changekey))
+        )
+        if len(results) != len(elems):
+            raise ews_errors.MalformedResponseError(
+                f"CreateItem answered {len(results)} of {len(elems)} items"
+            )
+        out: list[SuiteEvent | Exception] = []
+        for elem, result in zip(elems, results, strict=True):
+            if isinstance(result, Exception):
+                login = str(account.protocol.credentials)  # as ``_account`` names it
+                out.append(self._map_error(result, account.primary_smtp_address, login))
+            else:
+                made = self._read_element(with_item_id(elem, result.id, result.changekey))
+                out.append(self._made(account, made))
+        return out
+
+    @staticmethod
+    def _made(account: Account, made: SuiteEvent) -> SuiteEvent:
         made.organizer = Attendee(account.primary_smtp_address.lower(), "", "required", "organizer")
         made.last_modified = dt.datetime.now(dt.UTC).replace(microsecond=0)  # as EWS gives it
         return made
 
     async def create_event(self, mailbox: str, event: EventWrite) -> SuiteEvent:
-        return await self._run(mailbox, lambda account: self._create(account, event))
+        """A new event's create joins the others asked for the same mailbox meanwhile in one
+        CreateItem (``mailbox_batch``); one that may exist already (a retry, a takeover) is
+        looked for by key first, on its own."""
+        elem = None
+        if not event.key or event.known_new:
+            try:
+                elem = self._item_element(event)
+            except Exception:  # raised again, mapped, where exchangelib makes it
+                elem = None
+        if elem is None:
+            return await self._run(mailbox, lambda account: self._create(account, event))
+        return await self._creates.submit(mailbox, elem)
+
+    async def _send_creates(self, mailbox: str, elems: list[Any]) -> list[Any]:
+        return await self._run(mailbox, lambda account: self._create_many(account, elems))
 
     def _update(self, account: Account, suite_id: str, event: EventWrite) -> SuiteEvent:
         try:

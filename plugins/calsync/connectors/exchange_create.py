@@ -37,7 +37,14 @@ Person = tuple[str, str]  # (email, display name or "")
 
 class RawCreateItem(CachedHeader, CreateItem):
     """CreateItem whose items are ready ``t:CalendarItem`` elements (the target folder's
-    element from ``folder_element``'s cache)."""
+    element from ``folder_element``'s cache).
+
+    Every item's error is handed back as that item's answer, never raised: exchangelib raises
+    most of them, and a raise of one item's "server busy" would make it send the whole request
+    again, making the items before it a second time."""
+
+    ERRORS_TO_CATCH_IN_RESPONSE = (Exception,)
+    WARNINGS_TO_CATCH_IN_RESPONSE = (Exception,)
 
     def get_payload(
         self, items: Any, folder: Any, message_disposition: str, send_meeting_invitations: str
