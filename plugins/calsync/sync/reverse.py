@@ -20,12 +20,13 @@ pending for the next drain) and:
 Throughput: a drain claims deliveries in batches (``CLAIM_BATCH``) and reads their schedules
 in a few queries per batch, the next batch claimed while the last ones of the current batch
 are in flight (``REFILL_AT``); ``execution.concurrency`` × the connector's
-``writes_per_mailbox`` writes are in flight at once (at most that many per mailbox); a claim
-puts a creator's changes side by side (``outbox.claim``), so a mailbox's writes go out
-together; finished deliveries are recorded together, one
-OA transaction per group (group commit). A schedule's first delivery that no drain touched
-before (``outbox.Claimed.fresh``) creates without the lookup by key: nothing can carry its key
-yet. Every retry, takeover of a lapsed claim and later delivery looks first.
+``writes_per_mailbox`` writes are in flight at once (at most that many per mailbox). A claim
+holds a creator's changes side by side (``outbox.claim``): a connector that sends a mailbox's
+writes together (Exchange) gets them so, the others dealt in turns over the mailboxes
+(``interleaved``). Finished deliveries are recorded together, one OA transaction per group
+(group commit). A schedule's first delivery that no drain touched before
+(``outbox.Claimed.fresh``) creates without the lookup by key: nothing can carry its key yet.
+Every retry, takeover of a lapsed claim and later delivery looks first.
 
 Before delivering, an OA bulk delete is held by the mass-deletion guard (E10,
 :mod:`calsync.sync.reverse_guard`): those deletions wait for an admin's ``confirm_deletes``
