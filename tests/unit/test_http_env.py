@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -85,3 +86,23 @@ def test_exchangelib_sessions_are_env_once(environment: Any) -> None:
     assert type(session) is EnvOnceSession
     settings = session.merge_environment_settings(URLS[0], {}, None, None, None)
     assert settings["proxies"]["https"] == "http://proxy:3128"
+
+
+def test_a_netrc_entry_never_replaces_the_alibaba_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """requests gives a session without auth the ``~/.netrc`` entry of the host as Basic
+    auth, over the Authorization header; the Alibaba Mail client's token stays."""
+    from calsync.connectors.alimail_http import AlimailHttp, Credentials
+
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine mail.example.com login someone password not-the-token\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    request = requests.Request(
+        "GET", "https://mail.example.com/v2/users", headers={"Authorization": "bearer tok"}
+    )
+    plain = EnvOnceSession().prepare_request(request)
+    assert plain.headers["Authorization"].startswith("Basic ")  # what the test guards against
+    client = AlimailHttp("https://mail.example.com", Credentials("app", "secret"), "conn")
+    assert client.session.prepare_request(request).headers["Authorization"] == "bearer tok"

@@ -95,6 +95,15 @@ def _verify(value: Any, conn_id: str) -> bool | str:
     return str(value)
 
 
+class _HeaderOnly(requests.auth.AuthBase):
+    """The session's auth: none beyond the token calsync puts in the Authorization header.
+    Without one, requests looks up ``~/.netrc`` on every request (a file check per request)
+    and a machine entry there for the API host would replace the token with Basic auth."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        return request
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Request-level retries (E5): honour Retry-After, back off without it, and give up once
@@ -244,6 +253,7 @@ class AlimailHttp:
         self.policy = policy or RetryPolicy()
         self.timeout_s = timeout_s
         self.session = EnvOnceSession()
+        self.session.auth = _HeaderOnly()
         adapter = requests.adapters.HTTPAdapter(
             pool_connections=2, pool_maxsize=max(2, pool_size), max_retries=0
         )
