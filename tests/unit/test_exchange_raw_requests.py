@@ -148,3 +148,40 @@ def test_sync_folder_items_request_is_exchangelibs(fields: tuple[str, ...]) -> N
         for ours in (CachedSyncFolderItems, RawSyncFolderItems):
             assert canonical(ours(account=acc).get_payload(**args)) == theirs
         assert address.encode() in theirs
+
+
+def test_attendees_read_in_one_pass_as_person_and_text_read_them() -> None:
+    """``_attendees`` gives what ``_person`` and ``_text`` give per ``t:Attendee``: an
+    attendee without a mailbox, without a name, without a response, with blanks and case."""
+    from lxml import etree
+
+    from calsync.connectors.exchange_raw import T, _attendees, _person, _text
+
+    nodes = [
+        "<t:Mailbox><t:Name> 张伟 </t:Name><t:EmailAddress> ZhangWei@Contoso.com </t:EmailAddress>"
+        "<t:RoutingType>SMTP</t:RoutingType></t:Mailbox><t:ResponseType>Accept</t:ResponseType>"
+        "<t:LastResponseTime>2026-12-01T00:00:00Z</t:LastResponseTime>",
+        "<t:Mailbox><t:EmailAddress>b@contoso.com</t:EmailAddress></t:Mailbox>",
+        "<t:ResponseType>Decline</t:ResponseType>",
+        "<t:Mailbox><t:Name>Only a name</t:Name></t:Mailbox><t:ResponseType/>",
+        "",
+    ]
+    xml = (
+        '<t:RequiredAttendees xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types">'
+        + "".join(f"<t:Attendee>{n}</t:Attendee>" for n in nodes)
+        + "</t:RequiredAttendees>"
+    )
+    group = etree.fromstring(xml.encode())
+    expected = [
+        (*_person(node), _text(node, "ResponseType")) for node in group.iterfind(T + "Attendee")
+    ]
+    assert _attendees(group) == expected
+    assert expected[0] == ("zhangwei@contoso.com", "张伟", "Accept")
+    assert (
+        _attendees(
+            etree.fromstring(
+                xml.replace("<t:Attendee>", "<t:X>").replace("</t:Attendee>", "</t:X>").encode()
+            )
+        )
+        == []
+    )
