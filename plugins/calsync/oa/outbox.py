@@ -207,6 +207,8 @@ def _due(
     ]
 
 
+OTHERS_READ = 8  # × the claim's limit: the most same-creator deliveries a claim reads
+
 _CLAIM_COLUMNS = (
     t.deliveries.c.id,
     t.deliveries.c.schedule_id,
@@ -261,6 +263,8 @@ def _creators_together(
             .select_from(d.join(s, s.c.id == d.c.schedule_id))
             .where(*due, s.c.creator_id.in_(chunk))
             .order_by(d.c.next_attempt_at, d.c.id)
+            # bounded: one creator's bulk import (tens of thousands due) is not read per claim
+            .limit(OTHERS_READ * limit)
         ):
             if delivery_id not in held:
                 others.setdefault(creator, []).append(delivery_id)
