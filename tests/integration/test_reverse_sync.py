@@ -391,6 +391,12 @@ def test_a_claim_takes_the_oldest_with_their_creators_other_changes(
         with seeded_oa.begin() as conn:
             return outbox.claim(conn, rev_config.id, worker, limit=limit, lease=lease)
 
+    # A creator's share capped at two: lina's oldest and one more, then zhangwei's two...
+    with seeded_oa.connect() as conn, conn.begin() as tx:
+        capped = outbox.claim(conn, rev_config.id, "w", limit=5, lease=lease, per_creator=2)
+        tx.rollback()
+    assert [c.schedule_id for c in capped] == [ids[0], ids[3], ids[1], ids[4], ids[2]]
+
     # The three oldest are lina's, zhangwei's and wangfang's: lina's four come first (her
     # later ones pulled in), then zhangwei's first, cut at the limit of five.
     first = claim("drain-1", 5)

@@ -185,3 +185,40 @@ def test_attendees_read_in_one_pass_as_person_and_text_read_them() -> None:
         )
         == []
     )
+
+
+@pytest.mark.parametrize("fault", ["timeout", "busy"])
+def test_a_create_is_sent_again_only_after_a_refusal(
+    fault: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A "server busy" fault saved nothing: the CreateItem goes again after its back-off. A
+    timeout or a lost connection may come after the server saved the items: exchangelib
+    would send them again (made twice); RawCreateItem raises instead."""
+    from exchangelib.errors import ErrorServerBusy, ErrorTimeoutExpired
+
+    service = RawCreateItem(account=account("a@contoso.com"))
+    sent: list[Any] = []
+    waits: list[float] = []
+
+    def answer(payload: Any) -> Any:
+        sent.append(payload)
+        if len(sent) == 1:
+            raise (
+                ErrorTimeoutExpired("read timed out")
+                if fault == "timeout"
+                else (ErrorServerBusy("busy", back_off=0.01))
+            )
+        yield "made"
+
+    monkeypatch.setattr(service, "_response_generator", answer)
+    # several sessions, as a connector with execution.concurrency > 1 has: exchangelib resends
+    # after a timeout only then
+    monkeypatch.setattr(service.protocol, "_session_pool_size", 4)
+    monkeypatch.setattr(service, "_handle_backoff", lambda exc: waits.append(exc.back_off))
+    if fault == "timeout":
+        with pytest.raises(ErrorTimeoutExpired):
+            list(service._get_elements(payload="p"))
+        assert len(sent) == 1 and waits == []
+    else:
+        assert list(service._get_elements(payload="p")) == ["made"]
+        assert len(sent) == 2 and waits == [0.01]

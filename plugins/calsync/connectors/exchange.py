@@ -87,7 +87,7 @@ from exchangelib import (
 )
 from exchangelib import errors as ews_errors
 from exchangelib.folders import Calendar, Root
-from exchangelib.items import AUTO_RESOLVE, ID_ONLY, SAVE_ONLY, SHALLOW
+from exchangelib.items import AUTO_RESOLVE, ID_ONLY, SAVE_ONLY, SHALLOW, BulkCreateResult
 from exchangelib.properties import Attendee as EwsAttendee
 from exchangelib.properties import CalendarView, DistinguishedFolderId
 from exchangelib.properties import Mailbox as EwsMailbox
@@ -140,16 +140,6 @@ CREATE_BATCH = 50  # items per CreateItem (exchangelib's own chunk is 100)
 SYNC_PAGE = 512  # SyncFolderItems MaxChangesReturned (EWS maximum)
 STATE_PREFIX = "ews1."
 T = TypeVar("T")
-# EWS answers (ResponseCode) that say "not now" rather than "no": worth another attempt.
-_TRANSIENT_ANSWERS = (
-    ews_errors.ErrorMailboxStoreUnavailable,
-    ews_errors.ErrorMailboxMoveInProgress,
-    ews_errors.ErrorConnectionFailed,
-    ews_errors.ErrorConnectionFailedTransientError,
-    ews_errors.ErrorInternalServerError,
-    ews_errors.ErrorExceededConnectionCount,
-    ews_errors.ErrorBatchProcessingStopped,
-)
 
 
 class CalsyncKeyProperty(ExtendedProperty):
@@ -701,10 +691,8 @@ class ExchangeConnector(SuiteConnector):
         if isinstance(exc, ews_errors.ErrorInvalidSyncStateData):
             return ConnectorError(f"Exchange refused the sync state: {text}", retriable=True)
         if isinstance(exc, ews_errors.ResponseMessageError):  # an answer, not a lost connection
-            return ConnectorError(
-                f"Exchange error on {mailbox} ({name}): {text}",
-                retriable=isinstance(exc, _TRANSIENT_ANSWERS),
-            )
+            # retriable as before: many codes are passing (AD, failover, proxy, resources)
+            return ConnectorError(f"Exchange error on {mailbox} ({name}): {text}", retriable=True)
         if isinstance(exc, ews_errors.TransportError):
             tls = any(word in text for word in ("SSL", "certificate", "CERTIFICATE"))
             if tls:
@@ -1168,13 +1156,17 @@ class ExchangeConnector(SuiteConnector):
                 f"CreateItem answered {len(results)} of {len(elems)} items"
             )
         out: list[SuiteEvent | Exception] = []
+        login = str(account.protocol.credentials)  # as ``_account`` names it
         for elem, result in zip(elems, results, strict=True):
-            if isinstance(result, Exception):
-                login = str(account.protocol.credentials)  # as ``_account`` names it
-                out.append(self._map_error(result, account.primary_smtp_address, login))
-            else:
+            try:  # one item's odd answer is that item's error, not the others'
+                if isinstance(result, Exception):
+                    raise result
+                if not isinstance(result, BulkCreateResult):
+                    raise ews_errors.MalformedResponseError("CreateItem answered no item id")
                 made = self._read_element(with_item_id(elem, result.id, result.changekey))
                 out.append(self._made(account, made))
+            except Exception as exc:
+                out.append(self._map_error(exc, account.primary_smtp_address, login))
         return out
 
     @staticmethod

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from exchangelib import EWSDateTime, EWSTimeZone
+from exchangelib.errors import ErrorServerBusy
 from exchangelib.services import CreateItem
 from exchangelib.util import create_element, safe_xml_value
 from lxml import etree
@@ -39,12 +40,27 @@ class RawCreateItem(CachedHeader, CreateItem):
     """CreateItem whose items are ready ``t:CalendarItem`` elements (the target folder's
     element from ``folder_element``'s cache).
 
-    Every item's error is handed back as that item's answer, never raised: exchangelib raises
-    most of them, and a raise of one item's "server busy" would make it send the whole request
-    again, making the items before it a second time."""
+    A create is sent again only after a refusal that saved nothing (a "server busy" fault,
+    after its back-off). exchangelib also sends the request again after a lost connection or a
+    timeout, when the server may have saved the items: that would make every one of them
+    twice; here the error is raised, and the drain's retry looks for each item by its key
+    first. Every item's error is handed back as that item's answer, never raised: exchangelib
+    raises most of them, and a raise after the items before it were read is the same resend.
+    """
 
     ERRORS_TO_CATCH_IN_RESPONSE = (Exception,)
     WARNINGS_TO_CATCH_IN_RESPONSE = (Exception,)
+
+    def _get_elements(self, payload: Any) -> Any:
+        wait = self.protocol.RETRY_WAIT  # exchangelib's own back-off when the fault names none
+        while True:
+            try:
+                yield from self._response_generator(payload=payload)
+                return
+            except ErrorServerBusy as exc:  # a SOAP fault: the request was refused whole
+                exc.back_off = exc.back_off or wait
+                self._handle_backoff(exc)  # raises once the retry policy's budget is spent
+            wait *= 2
 
     def get_payload(
         self, items: Any, folder: Any, message_disposition: str, send_meeting_invitations: str

@@ -228,12 +228,14 @@ def _creators_together(
     due: list[sa.ColumnElement[bool]],
     limit: int,
     locked: Callable[..., list[sa.Row[Any]]],
+    per_creator: int | None = None,
 ) -> list[tuple[sa.Row[Any], int | None]]:
     """What a claim takes, each with its schedule's creator, in the order taken: ``first``
     (the oldest due deliveries, locked) grouped by creator, each group followed by its
     creator's other due deliveries (locked here, skipping what another drain holds), groups in
     the order their oldest came, ``limit`` in all (the last group may be cut; the rest of
-    ``first`` is left for the next claim). One drain then holds a mailbox's changes together:
+    ``first`` is left for the next claim), a group grown to ``per_creator`` at most by what it
+    pulls along. One drain then holds a mailbox's changes together:
     a connector can send them in one request (EWS CreateItem) after one lookup (a mailbox's
     calendar), where first-come order spreads them over every drain and claim."""
     d, s, ob = t.deliveries, t.schedules, t.outbox
@@ -272,7 +274,10 @@ def _creators_together(
     for key, rows in groups.items():
         if len(plan) >= limit:
             break
-        plan += [(key, x) for x in [*rows, *others.get(key, [])]][: limit - len(plan)]
+        pulled = others.get(key, [])
+        if per_creator is not None:
+            pulled = pulled[: max(0, per_creator - len(rows))]
+        plan += [(key, x) for x in [*rows, *pulled]][: limit - len(plan)]
     wanted = [x for _, x in plan if isinstance(x, int)]
     got: dict[int, sa.Row[Any]] = {}
     for chunk in chunks(wanted):
@@ -295,10 +300,12 @@ def claim(
     limit: int,
     lease: dt.timedelta,
     exclude: Iterable[int] = (),
+    per_creator: int | None = None,
 ) -> list[Claimed]:
     """Take up to ``limit`` due pending deliveries of one integration (caller's transaction):
-    the oldest, each with its creator's other due deliveries beside it (``_creators_together``);
-    ``exclude``: deliveries this drain already tried (a retry waits for a later drain)."""
+    the oldest, each with its creator's other due deliveries beside it (``_creators_together``,
+    a creator's group grown to ``per_creator`` at most); ``exclude``: deliveries this drain
+    already tried (a retry waits for a later drain)."""
     now = utcnow()
     d = t.deliveries
     due = _due(integration_id, now, exclude)
@@ -307,7 +314,7 @@ def claim(
         query = sa.select(*_CLAIM_COLUMNS).where(*due, *where).order_by(d.c.next_attempt_at, d.c.id)
         return conn.execute(_skip_locked(query.limit(limit), conn)).all()
 
-    taken = _creators_together(conn, locked(limit=limit), due, limit, locked)
+    taken = _creators_together(conn, locked(limit=limit), due, limit, locked, per_creator)
     rows = [row for row, _ in taken]
     # ``fresh``: no drain ever touched the row (claims, finishing, failures and re-arming all
     # move ``updated_at``; a lapsed lease also keeps its claim, a failure its error), and the

@@ -68,6 +68,9 @@ log = logging.getLogger("calsync.reverse")
 CLAIM_BATCH = 500  # deliveries claimed (and their schedules read) at once
 REFILL_AT = 2  # the next batch is claimed when at most this × the writes allowed in flight
 # remain to be written
+# × writes_per_mailbox: the most of one creator's changes a claim pulls in beside its oldest
+# (the oldest due ones are always taken), so one creator's backlog never fills a claim
+PER_CREATOR_SHARE = 2
 CLAIM_ATTEMPTS = 5  # claims of due rows that came back empty (skipped: see _claim)
 CLAIM_RETRY_S = 0.02  # × the attempt number between them
 RECORD_BATCH = 500  # at most this many deliveries' bookkeeping in one OA transaction
@@ -416,6 +419,7 @@ class IntegrationDrain:
                     limit=limit,
                     lease=dt.timedelta(seconds=self.config.execution.claim_lease_s),
                     exclude=self._tried,
+                    per_creator=PER_CREATOR_SHARE * self.connector.writes_per_mailbox,
                 )
                 if claimed or not outbox.has_due(conn, self.config.id, self._tried):
                     return claimed
