@@ -286,12 +286,15 @@ def test_token_expiry_mid_reverse_drain_is_transparent(sqlite_oa_engine: sa.Engi
     seed_demo(sqlite_oa_engine)
     config = reverse_config()
     runner = ReverseRunner(sqlite_oa_engine, [config])
-    ids = make_schedules(sqlite_oa_engine, 8, "token expiry")
+    # More changes than one $batch carries (20): a second batch leaves only after the first
+    # is answered, so after the tokens expired while the first was in flight. With fewer, all
+    # of them could leave in the first batch on a loaded machine, and nothing would see a 401.
+    ids = make_schedules(sqlite_oa_engine, 24, "token expiry")
     graph.faults.latency_ms = 50
     done = when(requests_seen(graph, 4), graph.expire_tokens)
     summary = runner()
     assert done.wait(5)
-    assert runner.counts(summary) == {"created": 8}, summary
+    assert runner.counts(summary) == {"created": 24}, summary
     stats = graph.stats.snapshot()
     assert stats["by_status"].get("401", 0) >= 1 and stats["by_kind"]["token"] >= 2
     assert_delivered_once(sqlite_oa_engine, graph, config.id, ids)
