@@ -132,6 +132,7 @@ class GraphApi:
         kind, _, _ = self._route(req.method, parts[2:])
         mailbox = self._mailbox_key(parts[1])
         self.stats.request(kind, mailbox)
+        self.expire_tokens_when_due()
         client, reason = self.authority.client_for(req.headers.get("Authorization"))
         if client is None:
             return self._finish(self.unauthorized(reason))
@@ -148,6 +149,13 @@ class GraphApi:
             return self._finish(self.serve_entered(req, client, mailbox))
         finally:
             self.throttle.leave(mailbox)
+
+    def expire_tokens_when_due(self) -> None:
+        """``faults.expire_tokens_after``: the tokens expire once that many requests came."""
+        faults = self.throttle.faults
+        if faults.expire_tokens_after and self.stats.requests >= faults.expire_tokens_after:
+            faults.expire_tokens_after = 0
+            self.authority.expire_all()
 
     def route(self, req: Request) -> tuple[str, str, str]:
         """(stats kind, user as addressed, mailbox key) of a ``/v1.0/users/...`` request."""

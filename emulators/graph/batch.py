@@ -59,6 +59,7 @@ class BatchApi:
             stats.subrequest(kind, mailbox or None)
             verdict = throttle.check_window(client, mailbox) if mailbox else None
             routed.append((sub_id, sub, mailbox, verdict))
+        api.expire_tokens_when_due()  # checked per sub-request after the batch's latency
         admitted: list[tuple[str, Request, str, Verdict | None]] = []
         entered: list[str] = []
         try:

@@ -27,6 +27,9 @@ class Faults:
     retry_after_s: float = 1.0  # Retry-After on 429/503 (fractions allowed)
     fail_next: list[tuple[str, int]] = field(default_factory=list)  # (path substring, status)
     per_mailbox_concurrency: int = 4
+    # >0: every token issued so far expires when the API has counted this many requests
+    # ($batch sub-requests included), inside that request (then the field goes back to 0)
+    expire_tokens_after: int = 0
 
     def update(self, **values: Any) -> None:
         """Set fields from JSON-ish values (unknown names raise ValueError)."""
@@ -36,7 +39,7 @@ class Faults:
                 raise ValueError(f"unknown fault field {name!r}; known: {sorted(known)}")
             if name == "fail_next":
                 value = [_fail_entry(entry) for entry in value or []]
-            elif name == "per_mailbox_concurrency":
+            elif name in ("per_mailbox_concurrency", "expire_tokens_after"):
                 value = int(value)
             else:
                 value = float(value)

@@ -24,6 +24,8 @@ Send = Callable[[str, list[V]], Awaitable[list[R | BaseException]]]
 
 
 class MailboxBatcher(Generic[V, R]):
+    """Per-mailbox queues, each emptied by one sender task, ``max_batch`` values a request."""
+
     def __init__(self, send: Send[V, R], max_batch: int) -> None:
         self._send = send
         self._max = max_batch
