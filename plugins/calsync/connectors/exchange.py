@@ -1181,10 +1181,8 @@ class ExchangeConnector(SuiteConnector):
         looked for by key first, on its own."""
         elem = None
         if not event.key or event.known_new:
-            try:
+            with contextlib.suppress(Exception):  # raised again, mapped, by ``_create`` below
                 elem = self._item_element(event)
-            except Exception:  # raised again, mapped, where exchangelib makes it
-                elem = None
         if elem is None:
             return await self._run(mailbox, lambda account: self._create(account, event))
         return await self._creates.submit(mailbox, elem)

@@ -235,9 +235,9 @@ def _creators_together(
     creator's other due deliveries (locked here, skipping what another drain holds), groups in
     the order their oldest came, ``limit`` in all (the last group may be cut; the rest of
     ``first`` is left for the next claim), a group grown to ``per_creator`` at most by what it
-    pulls along. One drain then holds a mailbox's changes together:
-    a connector can send them in one request (EWS CreateItem) after one lookup (a mailbox's
-    calendar), where first-come order spreads them over every drain and claim."""
+    pulls along. One drain then holds a mailbox's changes together: a connector can send them
+    in one request (EWS CreateItem) after one lookup (a mailbox's calendar), where first-come
+    order spreads them over every drain and claim."""
     d, s, ob = t.deliveries, t.schedules, t.outbox
     creator_of: dict[int, int | None] = {}
     for chunk in chunks([r.id for r in first]):  # a deleted schedule's: its delete's
@@ -270,21 +270,22 @@ def _creators_together(
         ):
             if delivery_id not in held:
                 others.setdefault(creator, []).append(delivery_id)
-    plan: list[tuple[Any, sa.Row[Any] | int]] = []  # (group, a locked row or an id to lock)
+    # (creator, a locked row or an id still to lock)
+    plan: list[tuple[int | None, sa.Row[Any] | int]] = []
     for key, rows in groups.items():
         if len(plan) >= limit:
             break
+        creator = None if isinstance(key, tuple) else key
         pulled = others.get(key, [])
         if per_creator is not None:
             pulled = pulled[: max(0, per_creator - len(rows))]
-        plan += [(key, x) for x in [*rows, *pulled]][: limit - len(plan)]
+        plan += [(creator, x) for x in [*rows, *pulled]][: limit - len(plan)]
     wanted = [x for _, x in plan if isinstance(x, int)]
     got: dict[int, sa.Row[Any]] = {}
     for chunk in chunks(wanted):
         got.update((r.id, r) for r in locked(d.c.id.in_(chunk)))
     out: list[tuple[sa.Row[Any], int | None]] = []
-    for key, x in plan:
-        creator = None if isinstance(key, tuple) else key
+    for creator, x in plan:
         if not isinstance(x, int):
             out.append((x, creator))
         elif x in got:  # not taken meanwhile by another drain
