@@ -20,7 +20,9 @@ testable without Airflow. What goes:
   drain to route them, and their triggers would grow the outbox forever.
 - **change-feed states** (``calsync_sync_state``): of integrations no longer configured or
   no longer forward, of mailboxes no longer in their integration's scope, and any not updated
-  for ``sync_state.retention_days`` (a state is bound to a window that has long moved on).
+  for ``sync_state.retention_days`` (a state is bound to a window that has long moved on);
+  with them, kept calendar ids (``calsync_calendar_ids``) of integrations or calendar folders
+  no longer configured, or not refreshed for as long (an id is then looked up again).
 
 Batches: each purge walks the table by primary key, ``batch_size`` matching rows at a time,
 and deletes ``id > last AND id <= last_of_batch AND <condition>`` in its own short
@@ -472,20 +474,76 @@ def purge_sync_states(
     now: dt.datetime | None = None,
 ) -> TableReport:
     now = _naive(now)
-    report = TableReport(t.sync_state.name)
     with engine.connect().execution_options(**SQLITE_READ) as conn:
         stale = stale_sync_states(conn, settings, inventory, oa_connection_id, now)
+    return _purge_rows(engine, t.sync_state, stale, settings, now)
+
+
+def stale_calendar_ids(
+    conn: sa.Connection, settings: HousekeepingSettings, inventory: Inventory, now: dt.datetime
+) -> list[tuple[int, str, str]]:
+    """(id, integration, reason) of every kept calendar id to remove: not refreshed for
+    ``sync_state.retention_days`` (so an id is looked up again at least that often), of an
+    integration no longer configured, or of a calendar folder it no longer writes to."""
+    cutoff = now - dt.timedelta(days=settings.sync_state.retention_days)
+    configs = {c.id: c for c in inventory.configs}
+    ci = t.calendar_ids
+    stale: list[tuple[int, str, str]] = []
+    rows = conn.execute(
+        sa.select(ci.c.id, ci.c.integration_id, ci.c.calendar, ci.c.updated_at).order_by(ci.c.id)
+    )
+    for row in rows:
+        reason = None
+        config = configs.get(row.integration_id)
+        if row.updated_at < cutoff:
+            reason = f"not refreshed for {settings.sync_state.retention_days} days"
+        elif not settings.sync_state.remove_unconfigured:
+            pass
+        elif row.integration_id in inventory.unreadable:
+            pass  # its config does not validate: what it configures is unknown
+        elif config is None:
+            reason = "integration no longer configured"
+        elif (
+            config.alimail is None or row.calendar != (config.alimail.calendar_folder or "").strip()
+        ):
+            reason = "calendar no longer configured"
+        if reason:
+            stale.append((row.id, row.integration_id, reason))
+    return stale
+
+
+def purge_calendar_ids(
+    engine: sa.Engine,
+    settings: HousekeepingSettings,
+    inventory: Inventory,
+    now: dt.datetime | None = None,
+) -> TableReport:
+    now = _naive(now)
+    with engine.connect().execution_options(**SQLITE_READ) as conn:
+        stale = stale_calendar_ids(conn, settings, inventory, now)
+    return _purge_rows(engine, t.calendar_ids, stale, settings, now)
+
+
+def _purge_rows(
+    engine: sa.Engine,
+    table: sa.Table,
+    stale: list[tuple[int, str, str]],
+    settings: HousekeepingSettings,
+    now: dt.datetime,
+) -> TableReport:
+    """Delete ``stale`` rows (id, integration, reason) in batches; a row written again since
+    it was read (``updated_at``) is no longer stale and stays."""
+    report = TableReport(table.name)
     reasons = Counter(reason for _, _, reason in stale)
-    ss = t.sync_state
     for i in range(0, len(stale), settings.batch_size):
         batch = stale[i : i + settings.batch_size]
         deleted = 0
         with engine.begin() as conn:
             for j in range(0, len(batch), _IN_CHUNK):
                 ids = [row_id for row_id, _, _ in batch[j : j + _IN_CHUNK]]
-                # a state a forward run saved since it was read is no longer stale
+                # a row a sync run saved since it was read is no longer stale
                 deleted += conn.execute(
-                    sa.delete(ss).where(ss.c.id.in_(ids), ss.c.updated_at < now)
+                    sa.delete(table).where(table.c.id.in_(ids), table.c.updated_at < now)
                 ).rowcount
         report.batches += 1
         groups = Counter(integration for _, integration, _ in batch)
@@ -519,7 +577,10 @@ def run_part(
     elif part == "reverse":
         reports = purge_reverse_tables(engine, settings, inventory, oa_connection_id, now)
     elif part == "sync_state":
-        reports = [purge_sync_states(engine, settings, inventory, oa_connection_id, now)]
+        reports = [
+            purge_sync_states(engine, settings, inventory, oa_connection_id, now),
+            purge_calendar_ids(engine, settings, inventory, now),
+        ]
     else:
         raise ValueError(f"unknown housekeeping part {part!r}; one of {', '.join(PARTS)}")
     for report in reports:

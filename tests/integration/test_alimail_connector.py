@@ -354,6 +354,59 @@ def test_calendar_folder_selection(alimail: AlimailEmulator, alimail_connector: 
     assert "'Nope'" in str(info.value) and OTHER_CALENDAR in str(info.value)
 
 
+def test_calendar_ids_from_an_earlier_run_skip_the_listing(
+    alimail: AlimailEmulator, alimail_connector: Factory
+) -> None:
+    first = alimail_connector()
+    made = run(first.create_event(A, write()))
+    assert first.http.attempts["calendars"] == 1
+    found = first.calendar_ids()
+    assert found == {A: alimail.store.calendar_id(A)}
+    later = alimail_connector()
+    later.use_calendar_ids(found)
+    got = run(later.get_event(A, made.suite_id))
+    assert got is not None and got.suite_id == made.suite_id
+    run(later.update_event(A, made.suite_id, write(subject="Moved")))
+    run(later.create_event(A, write(key="oa-7:102", known_new=True)))
+    run(later.delete_event(A, made.suite_id))
+    assert "calendars" not in later.http.attempts
+    assert [e["subject"] for e in alimail.store.events(A)] == ["OA meeting"]
+    assert later.calendar_ids() == found  # nothing new to keep
+
+
+def test_a_remembered_calendar_that_is_gone_is_looked_up_again_for_every_write(
+    alimail: AlimailEmulator, alimail_connector: Factory
+) -> None:
+    """A write to a calendar the suite says is gone was not made: the calendar is listed
+    again and the write made in it. A gone calendar is never read as a gone event."""
+    setup = alimail_connector()
+    kept = run(setup.create_event(B, write(key="oa-7:201")))
+    moved = run(setup.create_event(C, write(key="oa-7:301")))
+    stale = {A: "gone-a", B: "gone-b", C: "gone-c"}
+
+    def later() -> AlimailConnector:
+        connector = alimail_connector()
+        connector.use_calendar_ids(stale)
+        return connector
+
+    created = run((one := later()).create_event(A, write(key="oa-7:101", known_new=True)))
+    assert [e["id"] for e in alimail.store.events(A)] == [created.suite_id]
+    assert one.http.attempts["calendars"] == 1
+    assert one.calendar_ids() == {A: alimail.store.calendar_id(A)}
+    got = run(later().get_event(B, kept.suite_id))  # not None: the event is there
+    assert got is not None and got.suite_id == kept.suite_id
+    run(later().update_event(C, moved.suite_id, write(subject="Moved", key="oa-7:301")))
+    assert [e["subject"] for e in alimail.store.events(C)] == ["Moved"]
+    run(later().delete_event(B, kept.suite_id))  # deleted for real, not taken as gone
+    assert alimail.store.events(B) == []
+    # Gone, and the configured folder no longer there either: the id is to be dropped.
+    lost = alimail_connector(calendar_folder="Nope")
+    lost.use_calendar_ids({A: "gone-a"})
+    with pytest.raises(ConnectorError, match="'Nope'"):
+        run(lost.create_event(A, write(key="oa-7:102", known_new=True)))
+    assert lost.calendar_ids() == {A: None}
+
+
 @pytest.mark.parametrize("switch", [True, False])
 def test_notification_switch(
     alimail: AlimailEmulator, alimail_connector: Factory, switch: bool

@@ -92,7 +92,7 @@ def alimail(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture(params=["exchange", "alimail_v2"])
-def suite_dag(request, airflow_db, include_dir, airflow_oa, monkeypatch) -> tuple[str, Any]:
+def suite_dag(request, airflow_db, include_dir, airflow_oa, monkeypatch) -> tuple[str, Any, Any]:
     kind = request.param
     if kind == "exchange":
         emu = request.getfixturevalue("ews")
@@ -116,14 +116,14 @@ def suite_dag(request, airflow_db, include_dir, airflow_oa, monkeypatch) -> tupl
         f"name: suite test\ntype: {kind}\noa_connection_id: calsync_oa_test\n"
         f"timezone: {ZONE}\nwindow_days: 3\nexecution: {{retries: 0}}\n" + section
     )
-    return kind, titles
+    return kind, titles, emu
 
 
 @pytest.mark.parametrize("blank_oa_url", ["sqlite"], indirect=True)  # 3 databases: o365's
 def test_forward_dag_runs_end_to_end_for_each_suite(blank_oa_url, suite_dag, airflow_oa):
     from airflow.dag_processing.dagbag import DagBag
 
-    kind, titles = suite_dag
+    kind, titles, _emu = suite_dag
     bag = DagBag(dag_folder=str(Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])))
     assert bag.import_errors == {}
     dag = bag.dags["calsync_it_suite"]
@@ -133,7 +133,24 @@ def test_forward_dag_runs_end_to_end_for_each_suite(blank_oa_url, suite_dag, air
         rows = conn.execute(sa.select(t.schedules.c.title, t.schedules.c.all_day)).all()
     assert {r.title for r in rows} == titles, kind
     assert len(rows) == 2  # the meeting once, however many mailboxes hold a copy
+    with airflow_oa.connect() as conn:
+        kept = dict(
+            conn.execute(sa.select(t.calendar_ids.c.mailbox, t.calendar_ids.c.calendar)).all()
+        )
+    if kind == "alimail_v2":  # each mailbox's calendar id, kept for the next runs and drains
+        assert kept == {email: "" for email, _ in people()}
+    else:  # EWS names the default calendar: nothing to look up or keep
+        assert kept == {}
+    listed = calendar_listings(suite_dag)
     before = oa_snapshot(airflow_oa)
     again = dag.test()
     assert str(again.state) == "success"
     assert oa_snapshot(airflow_oa) == before
+    assert calendar_listings(suite_dag) == listed
+
+
+def calendar_listings(suite: tuple[str, Any, Any]) -> int:
+    kind, _titles, emu = suite
+    if kind != "alimail_v2":
+        return 0
+    return emu.stats.snapshot()["by_kind"].get("calendars_list", 0)

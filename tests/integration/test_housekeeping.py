@@ -14,6 +14,7 @@ from calsync.config import IntegrationConfig, parse_integration
 from calsync.housekeeping import (
     HousekeepingSettings,
     Inventory,
+    purge_calendar_ids,
     purge_reverse_tables,
     purge_sync_log,
     purge_sync_states,
@@ -313,6 +314,54 @@ def test_stale_sync_states(seeded_oa: sa.Engine):
     assert left() == [("broken", "lina"), ("elsewhere", "nobody"), ("fwd", "lina")]
 
 
+def test_stale_calendar_ids(oa_engine: sa.Engine):
+    def alimail(name: str, section: str = "") -> IntegrationConfig:
+        text = INTEGRATION_YAML.replace("type: office365_global", "type: alimail_v2")
+        text = text.replace("office365: {page_size: 10}", f"alimail: {{{section}}}")
+        return parse_integration(Path(f"{name}.yaml"), text)
+
+    inventory = Inventory(
+        configs=(alimail("ali"), alimail("folder", "calendar_folder: 项目"), integration("graph")),
+        unreadable=frozenset({"broken"}),
+    )
+
+    def kept(integration_id: str, calendar: str, days: float, box: str = "a") -> dict[str, Any]:
+        return {
+            "integration_id": integration_id,
+            "mailbox": f"{box}@contoso.com",
+            "calendar": calendar,
+            "calendar_id": "cal",
+            "updated_at": ago(days),
+        }
+
+    with oa_engine.begin() as conn:
+        conn.execute(
+            sa.insert(t.calendar_ids),
+            [
+                kept("ali", "", 1),  # kept
+                kept("ali", "", 45, box="b"),  # not refreshed for 30 days
+                kept("ali", "项目", 1),  # a folder it no longer writes to
+                kept("folder", "项目", 1),  # kept
+                kept("graph", "", 1),  # no longer an Alibaba Mail integration
+                kept("gone", "", 1),  # integration removed
+                kept("broken", "", 1),  # unreadable config: kept
+            ],
+        )
+
+    def left() -> list[tuple[str, str, str]]:
+        ci = t.calendar_ids.c
+        with oa_engine.connect() as conn:
+            found = conn.execute(sa.select(ci.integration_id, ci.mailbox, ci.calendar))
+            return sorted((r.integration_id, r.mailbox[0], r.calendar) for r in found)
+
+    only_age = settings(sync_state={"remove_unconfigured": False})
+    assert purge_calendar_ids(oa_engine, only_age, inventory, NOW).removed == {"ali": 1}
+    report = purge_calendar_ids(oa_engine, settings(), inventory, NOW)
+    assert report.removed == {"ali": 1, "graph": 1, "gone": 1}
+    assert "calendar no longer configured" in report.note
+    assert left() == [("ali", "a", ""), ("broken", "a", ""), ("folder", "a", "项目")]
+
+
 def test_run_all_reports_every_table(oa_engine: sa.Engine, caplog: pytest.LogCaptureFixture):
     with oa_engine.begin() as conn:
         conn.execute(sa.insert(t.sync_log), log_rows("it", [1, 100]))
@@ -325,6 +374,7 @@ def test_run_all_reports_every_table(oa_engine: sa.Engine, caplog: pytest.LogCap
         "calsync_outbox",
         "calsync_deleted_links",
         "calsync_sync_state",
+        "calsync_calendar_ids",
     ]
     assert reports[0].removed == {"it": 1}
     assert "calsync_sync_log: removed 1 row(s) in 1 batch(es) (it=1)" in caplog.text

@@ -607,5 +607,46 @@ def test_a_mailboxs_new_events_go_out_together(side: Any, oa: sa.Engine):
         assert side.server.stats.snapshot()["by_kind"]["calendars_list"] == 3
 
 
+def test_alimail_calendars_are_listed_once_across_drains(alimail: Any, oa: sa.Engine):
+    """A drain keeps the calendar ids it looked up: the next drain lists no calendar. An id
+    that is gone by then (the calendar was replaced) is looked up again, the change still
+    lands once, and the new id is kept."""
+    logins = ["zhangwei", "lina", "wangfang"]
+
+    def listings() -> int:
+        return alimail.server.stats.snapshot()["by_kind"].get("calendars_list", 0)
+
+    def kept() -> dict[str, str]:
+        with oa.connect() as conn:
+            ci = t.calendar_ids
+            return dict(conn.execute(sa.select(ci.c.mailbox, ci.c.calendar_id)).all())
+
+    config = alimail.config()
+    for i in range(6):
+        oa_create(oa, logins[i % 3], f"first {i}", tomorrow_at(8 + i))
+    drain_or_fail(ReverseRunner(oa, [config]))
+    assert listings() == 3
+    ids = {f"{login}@contoso.com": alimail.server.store.calendar_id(f"{login}@contoso.com")
+           for login in logins}  # fmt: skip
+    assert kept() == ids
+    for i in range(3):
+        oa_create(oa, logins[i], f"second {i}", tomorrow_at(15 + i))
+    drain_or_fail(ReverseRunner(oa, [config]))
+    assert listings() == 3  # none more
+    with oa.begin() as conn:  # lina's calendar as an earlier run knew it is gone
+        conn.execute(
+            sa.update(t.calendar_ids)
+            .where(t.calendar_ids.c.mailbox == "lina@contoso.com")
+            .values(calendar_id="replaced-calendar")
+        )
+    oa_create(oa, "lina", "third", tomorrow_at(19))
+    drain_or_fail(ReverseRunner(oa, [config]))
+    assert listings() == 4
+    assert len(alimail.events("lina@contoso.com", "third")) == 1
+    assert kept() == ids
+    for i in range(6):
+        assert len(alimail.events(f"{logins[i % 3]}@contoso.com", f"first {i}")) == 1
+
+
 # the emulators, started once per session as for the contract tests
 from tests.contract.conftest import alimail_server, ews_server  # noqa: E402,F401

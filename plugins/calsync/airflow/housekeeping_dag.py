@@ -85,9 +85,10 @@ def _describe(
         f"- sync-log records {log_rule};\n"
         f"- done deliveries, delivered outbox rows and spent link tombstones older than "
         f"{settings.reverse.retention_days} days;\n"
-        f"- change-feed states not updated for {settings.sync_state.retention_days} days"
+        f"- change-feed states and kept calendar ids not updated for "
+        f"{settings.sync_state.retention_days} days"
         + (
-            ", or of integrations and mailboxes no longer configured"
+            ", or of integrations, mailboxes and calendars no longer configured"
             if settings.sync_state.remove_unconfigured
             else ""
         )

@@ -71,8 +71,9 @@ import json
 import logging
 import re
 import threading
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -103,6 +104,7 @@ MAX_PAGES = 1000  # a window never needs more; more means the server's cursor lo
 FIND_HORIZON_PAST_DAYS = 60  # find_by_key without a time hint scans this far back...
 FIND_HORIZON_FUTURE_DAYS = 400  # ...and this far ahead,
 FIND_CHUNK_DAYS = 31  # one view request per this many days
+T = TypeVar("T")
 CREATE_ATTEMPTS = 3  # re-sends of a create after ambiguous failures (each checked first)
 
 # --- the marker -----------------------------------------------------------------------------
@@ -487,6 +489,8 @@ class AlimailConnector(SuiteConnector):
         self._http_lock = threading.Lock()
         self._calendars: dict[str, str] = {}  # mailbox -> calendar id of the configured folder
         self._calendar_locks: dict[str, threading.Lock] = {}
+        self._remembered: dict[str, str] = {}  # ids an earlier run found (use_calendar_ids)
+        self._dropped: set[str] = set()  # mailboxes whose remembered calendar is gone
         workers = max(4, config.execution.concurrency)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="calsync-alimail")
         self._workers = workers
@@ -557,10 +561,25 @@ class AlimailConnector(SuiteConnector):
 
     # --- calendars ---
 
+    @property
+    def calendar_name(self) -> str:
+        return (self.params.calendar_folder or "").strip()
+
+    def use_calendar_ids(self, ids: Mapping[str, str]) -> None:
+        self._remembered.update(ids)
+
+    def calendar_ids(self) -> dict[str, str | None]:
+        found: dict[str, str | None] = dict.fromkeys(self._dropped)
+        found.update(self._calendars)
+        return found
+
     def _calendar_id(self, mailbox: str) -> str:
         cached = self._calendars.get(mailbox)
         if cached is not None:
             return cached
+        remembered = self._remembered.get(mailbox)
+        if remembered is not None:  # trusted until the suite says it is gone (_in_calendar)
+            return self._calendars.setdefault(mailbox, remembered)
         # One listing per mailbox: the writes a drain has in flight for it wait for the first.
         with self._http_lock:
             lock = self._calendar_locks.setdefault(mailbox, threading.Lock())
@@ -592,6 +611,33 @@ class AlimailConnector(SuiteConnector):
         self._calendars[mailbox] = calendar_id
         return calendar_id
 
+    def _forget_calendar(self, mailbox: str, calendar_id: str) -> None:
+        """The suite says ``calendar_id`` is gone: the next use looks the calendar up."""
+        with self._http_lock:
+            if self._calendars.get(mailbox) == calendar_id:
+                del self._calendars[mailbox]
+            if self._remembered.get(mailbox) == calendar_id:
+                del self._remembered[mailbox]
+                self._dropped.add(mailbox)
+
+    def _in_calendar(self, mailbox: str, what: str, attempt: Callable[[str], T]) -> T:
+        """``attempt(calendar id)`` in the mailbox's calendar. Where the suite answers that
+        the calendar is gone (an id an earlier run found, or a calendar deleted since it was
+        looked up), nothing was written: the calendar is looked up again and the attempt made
+        once more. ``attempt`` lets such an ApiError through and handles the others."""
+        calendar_id = self._calendar_id(mailbox)
+        try:
+            return attempt(calendar_id)
+        except ApiError as exc:
+            if not _is_calendar_gone(exc):
+                raise self._fail(mailbox, what, exc) from None
+        log.info("calendar %s of %s is gone: looking it up again", calendar_id, mailbox)
+        self._forget_calendar(mailbox, calendar_id)
+        try:
+            return attempt(self._calendar_id(mailbox))
+        except ApiError as exc:
+            raise self._fail(mailbox, what, exc) from None
+
     # --- reads ---
 
     def _view(
@@ -606,14 +652,14 @@ class AlimailConnector(SuiteConnector):
         when the digest is ``last_digest`` (the view is the one read then). ``remembered``: a
         calendar id from an earlier run, used without listing calendars; if it is gone, they
         are listed again."""
-        calendar_id = self._calendars.get(mailbox) or remembered
+        calendar_id = self._calendars.get(mailbox) or remembered or self._remembered.get(mailbox)
         if calendar_id is not None:
             try:
                 items = self._view_items(mailbox, calendar_id, lo, hi)
                 self._calendars.setdefault(mailbox, calendar_id)  # this task's writes use it
             except _CalendarGone:
                 log.info("calendar %s of %s is gone: looking it up again", calendar_id, mailbox)
-                self._calendars.pop(mailbox, None)
+                self._forget_calendar(mailbox, calendar_id)
                 calendar_id = None
         if calendar_id is None:
             calendar_id = self._calendar_id(mailbox)
@@ -657,7 +703,7 @@ class AlimailConnector(SuiteConnector):
                 _, body = http.call("events_view", "GET", path, params=query)
             except ApiError as exc:
                 failure = self._fail(mailbox, "reading the calendar view", exc)
-                if not cursor and exc.code == wire.CODE_CALENDAR_NOT_FOUND:
+                if not cursor and _is_calendar_gone(exc):
                     raise _CalendarGone(str(failure), status=exc.status, retriable=False) from None
                 raise failure from None
             items = wire.first(body, wire.PAGE_ITEMS, [])
@@ -697,14 +743,18 @@ class AlimailConnector(SuiteConnector):
         return ChangeSet(_in_window(events, window), [], state, full=True)
 
     def _get(self, mailbox: str, suite_id: str) -> SuiteEvent | None:
-        calendar_id = self._calendar_id(mailbox)
+        return self._in_calendar(
+            mailbox, f"reading event {suite_id}", lambda cid: self._get_in(mailbox, cid, suite_id)
+        )
+
+    def _get_in(self, mailbox: str, calendar_id: str, suite_id: str) -> SuiteEvent | None:
         path = user_path(wire.EVENT_PATH, mailbox, calendar=calendar_id, event=suite_id)
         try:
             _, body = self._client().call("event_get", "GET", path)
         except ApiError as exc:
-            if _is_event_gone(exc):
+            if not _is_calendar_gone(exc) and _is_event_gone(exc):
                 return None
-            raise self._fail(mailbox, f"reading event {suite_id}", exc) from None
+            raise
         item = _unwrap(body)
         try:
             event = normalize_event(item, self.config.timezone)
@@ -769,9 +819,15 @@ class AlimailConnector(SuiteConnector):
                     "%s: event with key %s exists already (%s)", mailbox, event.key, found.suite_id
                 )
                 return found
-        calendar_id = self._calendar_id(mailbox)
-        path = user_path(wire.EVENTS_PATH, mailbox, calendar=calendar_id)
         body = {wire.EVENT_WRAPPER: event_payload(event, event.timezone)}
+        return self._in_calendar(
+            mailbox, "creating an event", lambda cid: self._create_in(mailbox, cid, event, body)
+        )
+
+    def _create_in(
+        self, mailbox: str, calendar_id: str, event: EventWrite, body: dict[str, Any]
+    ) -> SuiteEvent:
+        path = user_path(wire.EVENTS_PATH, mailbox, calendar=calendar_id)
         for attempt in range(1, CREATE_ATTEMPTS + 1):
             try:
                 _, answer = self._client().call(
@@ -793,8 +849,6 @@ class AlimailConnector(SuiteConnector):
                         f"Alibaba Mail create for {mailbox} failed: {exc}", status=exc.status
                     ) from None
                 continue
-            except ApiError as exc:
-                raise self._fail(mailbox, "creating an event", exc) from None
             item = _unwrap(answer)
             if isinstance(item, dict) and wire.first(item, wire.EV_ID):
                 created = normalize_event(item, self.config.timezone)
@@ -822,21 +876,24 @@ class AlimailConnector(SuiteConnector):
             event = _with_key(event, current.calsync_key)
         if "unreadable" not in current.extra and not write_differences(current, event):
             return current  # nothing to change: no write, so no notification goes out
-        calendar_id = self._calendar_id(mailbox)
-        path = user_path(wire.EVENT_PATH, mailbox, calendar=calendar_id, event=suite_id)
         body = {wire.EVENT_WRAPPER: event_payload(event, event.timezone)}
-        try:
-            _, answer = self._client().call(
-                "event_update", wire.UPDATE_METHOD, path, params=self._notify(), json_body=body
-            )
-        except ApiError as exc:
-            if _is_event_gone(exc):
-                raise ConnectorError(
-                    f"Alibaba Mail event {suite_id} of {mailbox} is gone",
-                    status=404,
-                    retriable=False,
-                ) from None
-            raise self._fail(mailbox, f"updating event {suite_id}", exc) from None
+
+        def update_in(calendar_id: str) -> Any:
+            path = user_path(wire.EVENT_PATH, mailbox, calendar=calendar_id, event=suite_id)
+            try:
+                return self._client().call(
+                    "event_update", wire.UPDATE_METHOD, path, params=self._notify(), json_body=body
+                )[1]
+            except ApiError as exc:
+                if not _is_calendar_gone(exc) and _is_event_gone(exc):
+                    raise ConnectorError(
+                        f"Alibaba Mail event {suite_id} of {mailbox} is gone",
+                        status=404,
+                        retriable=False,
+                    ) from None
+                raise
+
+        answer = self._in_calendar(mailbox, f"updating event {suite_id}", update_in)
         item = _unwrap(answer)
         if isinstance(item, dict) and wire.first(item, wire.EV_ID):
             return normalize_event(item, self.config.timezone)
@@ -850,14 +907,16 @@ class AlimailConnector(SuiteConnector):
         return await self._run(self._update, mailbox, suite_id, event)
 
     def _delete(self, mailbox: str, suite_id: str) -> None:
-        calendar_id = self._calendar_id(mailbox)
-        path = user_path(wire.EVENT_PATH, mailbox, calendar=calendar_id, event=suite_id)
-        try:
-            self._client().call("event_delete", "DELETE", path, params=self._notify())
-        except ApiError as exc:
-            if _is_event_gone(exc):
-                return  # already gone: the wanted state
-            raise self._fail(mailbox, f"deleting event {suite_id}", exc) from None
+        def delete_in(calendar_id: str) -> None:
+            path = user_path(wire.EVENT_PATH, mailbox, calendar=calendar_id, event=suite_id)
+            try:
+                self._client().call("event_delete", "DELETE", path, params=self._notify())
+            except ApiError as exc:
+                if _is_calendar_gone(exc) or not _is_event_gone(exc):
+                    raise
+                # already gone: the wanted state
+
+        self._in_calendar(mailbox, f"deleting event {suite_id}", delete_in)
 
     async def delete_event(self, mailbox: str, suite_id: str) -> None:
         await self._run(self._delete, mailbox, suite_id)
@@ -950,6 +1009,11 @@ def _unwrap(body: Any) -> Any:
 
 def _is_mailbox_error(exc: ApiError) -> bool:
     return any(h in exc.code.lower() for h in wire.MAILBOX_NOT_FOUND_HINTS)
+
+
+def _is_calendar_gone(exc: ApiError) -> bool:
+    """Whether an error means the calendar in the path does not exist (any more)."""
+    return exc.code.strip().lower() in wire.CALENDAR_NOT_FOUND_CODES
 
 
 def _is_event_gone(exc: ApiError) -> bool:

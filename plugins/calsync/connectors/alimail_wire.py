@@ -200,6 +200,8 @@ MAILBOX_NOT_FOUND_HINTS: Final = ("user", "account", "mailbox")
 EVENT_NOT_FOUND_CODES: Final = frozenset(
     {"eventnotfound", "event.notfound", "itemnotfound", "notfound"}
 )
+# Codes that mean "this calendar does not exist"; compared lower-cased. [assumed]
+CALENDAR_NOT_FOUND_CODES: Final = frozenset({"calendarnotfound", "calendar.notfound"})
 # The codes the emulator answers with (the real ones are not documented). [assumed]
 CODE_USER_NOT_FOUND: Final = "UserNotFound"
 CODE_EVENT_NOT_FOUND: Final = "EventNotFound"

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -124,6 +124,25 @@ class SuiteConnector(abc.ABC):
         filled; None when it is gone (never an error for a missing item). An unknown mailbox
         still raises MailboxNotFound."""
         raise NotImplementedError(f"{type(self).__name__} cannot write yet")
+
+    # Calendar ids kept across runs (``calsync_calendar_ids``): where the suite names the
+    # calendar calsync writes to by an id looked up per mailbox (Alibaba Mail lists the
+    # mailbox's calendars), a drain or a full read starts with the ids an earlier run found.
+    # Graph and EWS address the default calendar by a well-known name: they keep none.
+
+    @property
+    def calendar_name(self) -> str:
+        """The configured calendar the ids stand for ('' = the mailbox's default)."""
+        return ""
+
+    def use_calendar_ids(self, ids: Mapping[str, str]) -> None:  # noqa: B027 - optional hook
+        """Ids an earlier run found (mailbox → calendar id), used without a lookup until the
+        suite answers that one is gone (then it is looked up again)."""
+
+    def calendar_ids(self) -> dict[str, str | None]:
+        """The ids this connector looked up or used, to keep for the next run; None for a
+        remembered id that turned out gone (and no other found)."""
+        return {}
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release HTTP clients; called once at the end of a task."""

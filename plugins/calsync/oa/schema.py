@@ -202,6 +202,25 @@ sync_state = sa.Table(
     sa.UniqueConstraint("integration_id", "mailbox", name="uq_calsync_sync_state_mailbox"),
 )
 
+# The id of the calendar an integration writes to in each mailbox, where the suite names
+# calendars by an id that has to be looked up (Alibaba Mail: one calendar listing per mailbox).
+# A cache: kept across runs so a drain or a full read does not list every mailbox's calendars
+# again; trusted until the suite answers that the calendar is gone (then looked up again).
+# ``calendar`` is the configured calendar folder ('' = the default calendar).
+calendar_ids = sa.Table(
+    "calsync_calendar_ids",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("integration_id", sa.String(64), nullable=False),
+    sa.Column("mailbox", sa.String(254), nullable=False),
+    sa.Column("calendar", sa.String(200), nullable=False),
+    sa.Column("calendar_id", sa.String(400), nullable=False),
+    sa.Column("updated_at", DATETIME_US, nullable=False),
+    sa.UniqueConstraint(
+        "integration_id", "mailbox", "calendar", name="uq_calsync_calendar_ids_mailbox"
+    ),
+)
+
 # F21: an OA user's own Exchange login and encrypted password (see calsync.accounts).
 user_accounts = sa.Table(
     "calsync_user_accounts",

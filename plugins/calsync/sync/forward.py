@@ -48,7 +48,7 @@ from calsync.config import IntegrationConfig
 from calsync.connectors.base import ChangeSet, IncrementalNotSupported, SuiteConnector
 from calsync.errors import AccountMissing, ConnectorError, MailboxNotFound
 from calsync.model import OAUser, SuiteEvent, Window
-from calsync.oa import outbox, store
+from calsync.oa import calendar_ids, outbox, store
 from calsync.oa.db import OADatabaseUnavailable
 from calsync.oa.rekey import calsync_key_prefix, rekey_meetings
 from calsync.sync import process_tuning
@@ -600,6 +600,8 @@ async def sync_users(
         mailboxes = [u.mailbox for u in users]
         states = store.load_sync_states(conn, config.id, mailboxes) if incremental else {}
         known = store.load_source_hashes(conn, config.id, mailboxes)
+        remembered = calendar_ids.load(conn, config.id, connector.calendar_name)
+    connector.use_calendar_ids(remembered)
     context = context_fingerprint(config, ctx, library)
     settings = ApplySettings(config, ctx, window, run, context, confirm_deletes)
     feed = {"supported": incremental}
@@ -704,6 +706,14 @@ async def sync_users(
     finally:
         mapper.shutdown(wait=True)
         writer.shutdown(wait=True)
+    found = connector.calendar_ids()
+    if found:  # a cache for the next run (and the reverse drains): never fails this one
+        try:
+            await asyncio.to_thread(
+                calendar_ids.save, engine, config.id, connector.calendar_name, found, remembered
+            )
+        except Exception as exc:
+            log.warning("%s: calendar ids not stored (%s)", config.id, type(exc).__name__)
     return [results[u.mailbox] for u in users]
 
 

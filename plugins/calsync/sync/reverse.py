@@ -56,7 +56,7 @@ from calsync.errors import CalsyncError, ConnectorError, MappingError
 from calsync.mapping.records import reverse_record
 from calsync.mapping.text import looks_like_html
 from calsync.model import Attendee, OAUser, Participant, ScheduleData, SuiteEvent
-from calsync.oa import bulk, outbox, store
+from calsync.oa import bulk, calendar_ids, outbox, store
 from calsync.oa import schema as t
 from calsync.oa.db import SQLITE_BEGIN_OPTION
 from calsync.oa.rekey import calsync_key_prefix
@@ -398,6 +398,8 @@ class IntegrationDrain:
         with engine.connect() as conn:
             scope = store.resolve_scope(conn, config.scope, config.binding)
             by_mailbox, _names, _problems = store.load_rooms(conn)
+            self._calendar_ids = calendar_ids.load(conn, config.id, connector.calendar_name)
+        connector.use_calendar_ids(self._calendar_ids)
         self.users = {u.id: u for u in scope.users}
         self._by_mailbox = {u.mailbox: u for u in reversed(scope.users)}  # the first one wins
         self.room_mailboxes = {room_id: mailbox for mailbox, room_id in by_mailbox.items()}
@@ -512,11 +514,28 @@ class IntegrationDrain:
             raise
         except Exception:  # a claim or a read failed: what is in flight still ends and is recorded
             await until(0)
+            await self._keep_calendar_ids()
             raise
         await until(0)
+        await self._keep_calendar_ids()
         if failures:
             raise failures[0]
         return self.report
+
+    async def _keep_calendar_ids(self) -> None:
+        """Store the calendar ids the connector looked up: the next drain starts with them.
+        A cache: failing to store them never fails the drain."""
+        try:
+            await self._db(
+                calendar_ids.save,
+                self.engine,
+                self.config.id,
+                self.connector.calendar_name,
+                self.connector.calendar_ids(),
+                self._calendar_ids,
+            )
+        except Exception as exc:
+            log.warning("%s: calendar ids not stored (%s)", self.config.id, type(exc).__name__)
 
     def _lock(self, mailbox: str) -> asyncio.Semaphore:
         lock = self._mailbox_locks.get(mailbox)
