@@ -146,8 +146,6 @@ def seed_oa(engine: Any, args: argparse.Namespace, rng: random.Random) -> dict[s
 
     from calsync.oa import schema as t
 
-    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    today = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).date()
     with engine.begin() as conn:
         conn.execute(
             sa.insert(t.users),
@@ -161,7 +159,6 @@ def seed_oa(engine: Any, args: argparse.Namespace, rng: random.Random) -> dict[s
                 for u in range(args.users)
             ],
         )
-        user_ids = list(conn.execute(sa.select(t.users.c.id).order_by(t.users.c.id)).scalars())
         conn.execute(
             sa.insert(t.rooms),
             [{"name": f"会议室{r:02d}", "capacity": 8} for r in range(args.rooms)],
@@ -172,13 +169,30 @@ def seed_oa(engine: Any, args: argparse.Namespace, rng: random.Random) -> dict[s
             sa.insert(t.room_mappings),
             [{"room_id": rid, "suite_mailbox": f"room{rid:03d}@{DOMAIN}"} for rid in mapped],
         )
+    return seed_schedules(engine, args, rng)
+
+
+def seed_schedules(
+    engine: Any, args: argparse.Namespace, rng: random.Random, first: int = 0
+) -> dict[str, Any]:
+    """``args.changes`` schedules numbered from ``first``, spread evenly over the seeded
+    users, written as the OA writes them. Returns {creator mailbox: count}."""
+    import sqlalchemy as sa
+
+    from calsync.oa import schema as t
+
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    today = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).date()
+    with engine.connect() as conn:
+        user_ids = list(conn.execute(sa.select(t.users.c.id).order_by(t.users.c.id)).scalars())
+        room_ids = list(conn.execute(sa.select(t.rooms.c.id).order_by(t.rooms.c.id)).scalars())
     expected: dict[str, int] = {}
     blank = {"user_id": None, "room_id": None, "email": "", "name": ""}
     chunk = 1000
-    for first in range(0, args.changes, chunk):
+    for start in range(first, first + args.changes, chunk):
         schedules: list[dict[str, Any]] = []
         people: list[list[dict[str, Any]]] = []
-        for n in range(first, min(args.changes, first + chunk)):
+        for n in range(start, min(first + args.changes, start + chunk)):
             u = n % args.users  # spread evenly over the mailboxes
             expected[user_mail(u)] = expected.get(user_mail(u), 0) + 1
             day = today + dt.timedelta(days=rng.randint(-3, 12))

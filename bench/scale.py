@@ -11,7 +11,9 @@ Scenarios (``--scenarios 1,2,3,4,5,6``; default 1,2,3,5):
    requests sent, peak RSS of the sync process;
 2. re-sync with no change (scheduled run, incremental path): wall time, requests;
 3. re-sync after 1% of the events changed (their subjects edited in the suite);
-4. reverse drain of ``--changes`` OA changes (default 10,000) into the suite: changes/s;
+4. reverse drain of ``--changes`` OA changes (default 10,000) into the suite: changes/s, as
+   an integration's drains run after its first (which looks up what the next ones reuse, e.g.
+   Alibaba Mail's calendar ids; it drains as many changes before and is reported too);
 5. DAG-file parse time with 50 integration configs (``bench/dag_parse.py``);
 6. scenario 1 as a real DAG run under ``airflow standalone`` (``bench/airflow_run.py``).
 
@@ -517,6 +519,16 @@ def table(report: dict[str, Any]) -> list[str]:
                 f"naive {'same' if forward['oa_match'] else forward['oa']['naive']}"
             )
         reverse = data.get("reverse")
+        first = (reverse or {}).get("first_drain")
+        if first:  # the integration's first drain, which looks up what later ones reuse
+            lines.append(
+                f"{suite:9} {'4 first drain':22} {first['wall_s']:>10} "
+                f"{first['changes_per_s']:>8} {first['requests']:>9} "
+                f"{first['peak_rss_mb']:>7} {'-':>9} {'-':>9} {'-':>8} "
+                f"{first['floor_s']:>8} {first.get('x_floor', '-'):>8} {'-':>6} {'-':>14}"
+                f"  {first.get('cpu_s', '-')}/{first.get('emulator_cpu_s', '-')}/"
+                f"{first.get('postgres_cpu_s', '-')}"
+            )
         if reverse:
             lines.append(
                 f"{suite:9} {'4 reverse drain':22} {reverse['wall_s']:>10} "
