@@ -117,7 +117,7 @@ class Service:
                     "ErrorImpersonateUserDenied",
                     "The account does not have permission to impersonate the requested user.",
                 )
-            if impersonated not in self.store.mailboxes():
+            if not self.store.has_mailbox(impersonated):
                 principal = self.emu.mailbox_of_login(impersonated)
                 if principal is None:
                     raise SoapFault(
