@@ -64,29 +64,42 @@ def test_a_row_another_run_stored_first_is_updated(oa_engine: sa.Engine) -> None
     assert load(oa_engine) == {A: "cal-a2", B: "cal-b"}
 
 
-def test_a_race_on_insert_writes_nothing_and_raises_nothing(
-    oa_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+def test_a_race_on_insert_is_made_again_once(
+    oa_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another run inserts the same mailbox between this one's read and its insert: the
-    unique key refuses the insert, the transaction (its updates too) is rolled back, and the
-    next run stores what it finds."""
+    unique key refuses the insert, the transaction (its updates too) is rolled back and made
+    again, and finds that row to update."""
     calendar_ids.save(oa_engine, "ali", "", {A: "cal-a"}, {})
     real = bulk.insert_rows
+    calls: list[int] = []
 
     def racing(conn: sa.Connection, table: sa.Table, values: list[dict[str, Any]]) -> None:
-        with oa_engine.begin() as other:  # committed before this transaction's insert
-            other.execute(sa.insert(table), [dict(values[0], calendar_id="theirs")])
+        calls.append(len(values))
+        if len(calls) == 1:
+            if oa_engine.dialect.name == "sqlite":  # one writer: the race cannot happen here
+                raise sa.exc.IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed"))
+            with oa_engine.begin() as other:  # committed before this transaction's insert
+                other.execute(sa.insert(table), [dict(values[0], calendar_id="theirs")])
         real(conn, table, values)
 
-    if oa_engine.dialect.name == "sqlite":  # one writer: the race cannot happen, fake its end
+    monkeypatch.setattr(bulk, "insert_rows", racing)
+    found = {A: "cal-a2", B: "cal-b"}
+    assert calendar_ids.save(oa_engine, "ali", "", found, {A: "cal-a"}) == 2
+    assert load(oa_engine) == found  # this run's ids, B's row updated the second time
+    assert calls == [1, 1 if oa_engine.dialect.name == "sqlite" else 0]
 
-        def refused(*_args: Any) -> None:
-            raise sa.exc.IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed"))
 
-        monkeypatch.setattr(bulk, "insert_rows", refused)
-    else:
-        monkeypatch.setattr(bulk, "insert_rows", racing)
+def test_a_second_refusal_stores_nothing_and_raises_nothing(
+    oa_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calendar_ids.save(oa_engine, "ali", "", {A: "cal-a"}, {})
+
+    def refused(*_args: Any) -> None:
+        raise sa.exc.IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed"))
+
+    monkeypatch.setattr(bulk, "insert_rows", refused)
     with caplog.at_level("INFO", logger="calsync.oa.calendar_ids"):
         assert calendar_ids.save(oa_engine, "ali", "", {A: "cal-a2", B: "cal-b"}, {A: "cal-a"}) == 0
     assert "left for the next run" in caplog.text
-    assert load(oa_engine)[A] == "cal-a"  # the update rolled back with the refused insert
+    assert load(oa_engine) == {A: "cal-a"}  # the update rolled back with the refused insert

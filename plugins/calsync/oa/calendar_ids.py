@@ -44,58 +44,63 @@ def save(
 ) -> int:
     """Store what a run ``found`` (None: the remembered id is gone) where it differs from what
     it started with (``known``, as :func:`load` gave it), in one transaction of its own.
-    Returns the rows written. A concurrent run storing the same mailbox first makes this one
-    give up (logged): the next run stores what it finds."""
+    Returns the rows written. Another run inserting one of the same mailboxes meanwhile makes
+    the insert fail: the transaction is made again once (that row is then updated); should it
+    fail again, nothing is stored (logged) and the next run stores what it finds."""
     changed = {m: i for m, i in found.items() if known.get(m) != i and (i or m in known)}
     if not changed:
         return 0
+    for attempt in (1, 2):
+        try:
+            with engine.begin() as conn:
+                _write(conn, integration_id, calendar, changed)
+            return len(changed)
+        except sa.exc.IntegrityError:
+            if attempt == 2:
+                log.info(
+                    "%s: calendar ids stored by other runs meanwhile; %d left for the next run",
+                    integration_id,
+                    len(changed),
+                )
+    return 0
+
+
+def _write(
+    conn: sa.Connection, integration_id: str, calendar: str, changed: Mapping[str, str | None]
+) -> None:
     gone = sorted(m for m, i in changed.items() if i is None)
-    fresh = {m: i for m, i in changed.items() if i is not None}
+    fresh = {m: i for m, i in sorted(changed.items()) if i is not None}
     scope = (_C.integration_id == integration_id, _C.calendar == calendar)
     now = utcnow()
-    try:
-        with engine.begin() as conn:
-            for chunk in outbox.chunks(gone):
-                conn.execute(sa.delete(t.calendar_ids).where(*scope, _C.mailbox.in_(chunk)))
-            existing: set[str] = set()
-            for chunk in outbox.chunks(sorted(fresh)):
-                existing.update(
-                    conn.execute(
-                        sa.select(_C.mailbox).where(*scope, _C.mailbox.in_(chunk))
-                    ).scalars()
-                )
-            updates = [
-                {"b_mailbox": m, "calendar_id": i, "updated_at": now}
-                for m, i in sorted(fresh.items())
-                if m in existing
-            ]
-            if updates:
-                conn.execute(
-                    sa.update(t.calendar_ids).where(
-                        *scope, _C.mailbox == sa.bindparam("b_mailbox")
-                    ),
-                    updates,
-                )
-            bulk.insert_rows(
-                conn,
-                t.calendar_ids,
-                [
-                    {
-                        "integration_id": integration_id,
-                        "mailbox": m,
-                        "calendar": calendar,
-                        "calendar_id": i,
-                        "updated_at": now,
-                    }
-                    for m, i in sorted(fresh.items())
-                    if m not in existing
-                ],
-            )
-    except sa.exc.IntegrityError:
-        log.info(
-            "%s: calendar ids stored by another run meanwhile; %d left for the next run",
-            integration_id,
-            len(changed),
+    for chunk in outbox.chunks(gone):
+        conn.execute(sa.delete(t.calendar_ids).where(*scope, _C.mailbox.in_(chunk)))
+    existing: set[str] = set()
+    for chunk in outbox.chunks(list(fresh)):
+        existing.update(
+            conn.execute(sa.select(_C.mailbox).where(*scope, _C.mailbox.in_(chunk))).scalars()
         )
-        return 0
-    return len(changed)
+    updates = [
+        {"b_mailbox": m, "calendar_id": i, "updated_at": now}
+        for m, i in fresh.items()
+        if m in existing
+    ]
+    if updates:
+        conn.execute(
+            sa.update(t.calendar_ids).where(*scope, _C.mailbox == sa.bindparam("b_mailbox")),
+            updates,
+        )
+    bulk.insert_rows(
+        conn,
+        t.calendar_ids,
+        [
+            {
+                "integration_id": integration_id,
+                "mailbox": m,
+                "calendar": calendar,
+                "calendar_id": i,
+                "updated_at": now,
+            }
+            for m, i in fresh.items()
+            if m not in existing
+        ],
+    )
