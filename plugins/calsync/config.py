@@ -155,8 +155,15 @@ class AlimailParams(_Strict):
     """F14. App id and secret live in the Airflow connection."""
 
     endpoint: str = "https://alimail-cn.aliyuncs.com"
-    calendar_folder: str | None = None  # None: the user's default calendar ("my calendar")
+    # None: the user's default calendar ("my calendar"); a name or id otherwise (its ids are
+    # kept per folder name in calsync_calendar_ids, whose column holds 200 characters)
+    calendar_folder: str | None = Field(None, max_length=200)
     send_notifications: bool = False
+
+    @field_validator("calendar_folder")
+    @classmethod
+    def _folder_or_default(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
 
 
 class DeleteGuard(_Strict):

@@ -22,7 +22,8 @@ testable without Airflow. What goes:
   no longer forward, of mailboxes no longer in their integration's scope, and any not updated
   for ``sync_state.retention_days`` (a state is bound to a window that has long moved on);
   with them, kept calendar ids (``calsync_calendar_ids``) of integrations or calendar folders
-  no longer configured, or not refreshed for as long (an id is then looked up again).
+  no longer configured, or not looked up again for as long (drains stop using an id after
+  about a day: calsync.oa.calendar_ids).
 
 Batches: each purge walks the table by primary key, ``batch_size`` matching rows at a time,
 and deletes ``id > last AND id <= last_of_batch AND <condition>`` in its own short
@@ -482,9 +483,9 @@ def purge_sync_states(
 def stale_calendar_ids(
     conn: sa.Connection, settings: HousekeepingSettings, inventory: Inventory, now: dt.datetime
 ) -> list[tuple[int, str, str]]:
-    """(id, integration, reason) of every kept calendar id to remove: not refreshed for
-    ``sync_state.retention_days`` (so an id is looked up again at least that often), of an
-    integration no longer configured, or of a calendar folder it no longer writes to."""
+    """(id, integration, reason) of every kept calendar id to remove: not looked up again
+    for ``sync_state.retention_days`` (a mailbox no longer drained), of an integration no
+    longer configured, or of a calendar folder it no longer writes to."""
     cutoff = now - dt.timedelta(days=settings.sync_state.retention_days)
     configs = {c.id: c for c in inventory.configs}
     ci = t.calendar_ids
@@ -496,7 +497,7 @@ def stale_calendar_ids(
         reason = None
         config = configs.get(row.integration_id)
         if row.updated_at < cutoff:
-            reason = f"not refreshed for {settings.sync_state.retention_days} days"
+            reason = f"not looked up for {settings.sync_state.retention_days} days"
         elif not settings.sync_state.remove_unconfigured:
             pass
         elif row.integration_id in inventory.unreadable:

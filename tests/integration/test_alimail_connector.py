@@ -17,7 +17,7 @@ import pytest
 
 from calsync.connectors.alimail import AlimailConnector
 from calsync.connectors.alimail_http import RetryPolicy
-from calsync.connectors.base import ChangeSet, EventWrite, connector_for
+from calsync.connectors.base import CalendarIds, ChangeSet, EventWrite, connector_for
 from calsync.errors import ConnectorError, MailboxNotFound
 from calsync.model import Attendee, SuiteEvent, Window
 from emulators.alimail import AlimailEmulator, FailSpec
@@ -360,10 +360,10 @@ def test_calendar_ids_from_an_earlier_run_skip_the_listing(
     first = alimail_connector()
     made = run(first.create_event(A, write()))
     assert first.http.attempts["calendars"] == 1
-    found = first.calendar_ids()
-    assert found == {A: alimail.store.calendar_id(A)}
+    kept = first.calendar_ids()
+    assert kept == CalendarIds({A: alimail.store.calendar_id(A)}, {})
     later = alimail_connector()
-    later.use_calendar_ids(found)
+    later.use_calendar_ids(kept.found)
     got = run(later.get_event(A, made.suite_id))
     assert got is not None and got.suite_id == made.suite_id
     run(later.update_event(A, made.suite_id, write(subject="Moved")))
@@ -371,10 +371,15 @@ def test_calendar_ids_from_an_earlier_run_skip_the_listing(
     run(later.delete_event(A, made.suite_id))
     assert "calendars" not in later.http.attempts
     assert [e["subject"] for e in alimail.store.events(A)] == ["OA meeting"]
-    assert later.calendar_ids() == found  # nothing new to keep
+    assert later.calendar_ids() == CalendarIds()  # nothing looked up, nothing gone
+    # an event really gone from a kept calendar: one listing confirms the id, then believed
+    assert run(later.get_event(A, "ev_no_such_event")) is None
+    run(later.delete_event(A, "ev_no_such_event"))
+    assert later.http.attempts["calendars"] == 1
+    assert later.calendar_ids() == kept  # confirmed: kept again, its age restarts
 
 
-def test_a_remembered_calendar_that_is_gone_is_looked_up_again_for_every_write(
+def test_a_kept_calendar_that_is_gone_is_looked_up_again_for_every_operation(
     alimail: AlimailEmulator, alimail_connector: Factory
 ) -> None:
     """A write to a calendar the suite says is gone was not made: the calendar is listed
@@ -392,7 +397,7 @@ def test_a_remembered_calendar_that_is_gone_is_looked_up_again_for_every_write(
     created = run((one := later()).create_event(A, write(key="oa-7:101", known_new=True)))
     assert [e["id"] for e in alimail.store.events(A)] == [created.suite_id]
     assert one.http.attempts["calendars"] == 1
-    assert one.calendar_ids() == {A: alimail.store.calendar_id(A)}
+    assert one.calendar_ids() == CalendarIds({A: alimail.store.calendar_id(A)}, {})
     got = run(later().get_event(B, kept.suite_id))  # not None: the event is there
     assert got is not None and got.suite_id == kept.suite_id
     run(later().update_event(C, moved.suite_id, write(subject="Moved", key="oa-7:301")))
@@ -404,7 +409,33 @@ def test_a_remembered_calendar_that_is_gone_is_looked_up_again_for_every_write(
     lost.use_calendar_ids({A: "gone-a"})
     with pytest.raises(ConnectorError, match="'Nope'"):
         run(lost.create_event(A, write(key="oa-7:102", known_new=True)))
-    assert lost.calendar_ids() == {A: None}
+    assert lost.calendar_ids() == CalendarIds({}, {A: "gone-a"})
+
+
+def test_a_kept_calendar_that_is_no_longer_the_configured_one_is_not_believed(
+    alimail: AlimailEmulator, alimail_connector: Factory
+) -> None:
+    """The kept id names a calendar that still exists but is not the configured one any
+    more (a folder renamed, another default chosen): an event "not found" there is checked
+    with one listing, and the read, update or delete happens in the calendar listed."""
+    made = {m: run(alimail_connector().create_event(m, write(key=f"oa-7:{n}"))) for n, m in
+            enumerate((A, B, C))}  # fmt: skip
+    other = {m: alimail.store.calendar_id(m, OTHER_CALENDAR) for m in (A, B, C)}
+
+    def later() -> AlimailConnector:
+        connector = alimail_connector()
+        connector.use_calendar_ids(other)
+        return connector
+
+    reader = later()
+    got = run(reader.get_event(A, made[A].suite_id))
+    assert got is not None and got.suite_id == made[A].suite_id
+    # the listed id is kept in place of the other one
+    assert reader.calendar_ids() == CalendarIds({A: alimail.store.calendar_id(A)}, {})
+    run(later().update_event(B, made[B].suite_id, write(subject="Moved", key="oa-7:1")))
+    assert [e["subject"] for e in alimail.store.events(B)] == ["Moved"]
+    run(later().delete_event(C, made[C].suite_id))
+    assert alimail.store.events(C) == []
 
 
 @pytest.mark.parametrize("switch", [True, False])

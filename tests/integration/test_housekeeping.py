@@ -339,7 +339,7 @@ def test_stale_calendar_ids(oa_engine: sa.Engine):
             sa.insert(t.calendar_ids),
             [
                 kept("ali", "", 1),  # kept
-                kept("ali", "", 45, box="b"),  # not refreshed for 30 days
+                kept("ali", "", 45, box="b"),  # not looked up for 30 days
                 kept("ali", "项目", 1),  # a folder it no longer writes to
                 kept("folder", "项目", 1),  # kept
                 kept("graph", "", 1),  # no longer an Alibaba Mail integration

@@ -610,7 +610,7 @@ def test_a_mailboxs_new_events_go_out_together(side: Any, oa: sa.Engine):
 def test_alimail_calendars_are_listed_once_across_drains(alimail: Any, oa: sa.Engine):
     """A drain keeps the calendar ids it looked up: the next drain lists no calendar. An id
     that is gone by then (the calendar was replaced) is looked up again, the change still
-    lands once, and the new id is kept."""
+    lands once, and the new id is kept; an id looked up too long ago is looked up again."""
     logins = ["zhangwei", "lina", "wangfang"]
 
     def listings() -> int:
@@ -644,6 +644,21 @@ def test_alimail_calendars_are_listed_once_across_drains(alimail: Any, oa: sa.En
     assert listings() == 4
     assert len(alimail.events("lina@contoso.com", "third")) == 1
     assert kept() == ids
+    with oa.begin() as conn:  # wang's id was looked up two days ago: looked up again
+        conn.execute(
+            sa.update(t.calendar_ids)
+            .where(t.calendar_ids.c.mailbox == "wangfang@contoso.com")
+            .values(updated_at=dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(2))
+        )
+    oa_create(oa, "wangfang", "fourth", tomorrow_at(20))
+    oa_create(oa, "zhangwei", "fourth", tomorrow_at(20))
+    drain_or_fail(ReverseRunner(oa, [config]))
+    assert listings() == 5
+    with oa.connect() as conn:
+        ages = dict(
+            conn.execute(sa.select(t.calendar_ids.c.mailbox, t.calendar_ids.c.updated_at)).all()
+        )
+    assert ages["wangfang@contoso.com"] > ages["zhangwei@contoso.com"]  # its age restarted
     for i in range(6):
         assert len(alimail.events(f"{logins[i % 3]}@contoso.com", f"first {i}")) == 1
 

@@ -277,6 +277,33 @@ def test_mysql_tables_are_utf8mb4_binary(oa_engine: sa.Engine) -> None:
     assert opts == dict.fromkeys(CALSYNC_TABLES, ("utf8mb4_bin", "InnoDB"))
 
 
+@pytest.mark.integration
+def test_mysql_tables_are_utf8mb4_binary_whatever_the_database_default(
+    oa_databases: Any,
+) -> None:
+    """An OA database created latin1 and case-insensitive (an old MySQL's defaults): every
+    table a migration makes is still utf8mb4, binary and InnoDB."""
+    import secrets
+
+    name = f"calsync_t_{secrets.token_hex(6)}"
+    with oa_databases.admin_engine("mariadb").connect() as conn:
+        conn.exec_driver_sql(
+            f"CREATE DATABASE `{name}` CHARACTER SET latin1 COLLATE latin1_swedish_ci"
+        )
+    url = (
+        sa.engine.make_url(oa_databases.admin_engine("mariadb").url)
+        .set(database=name)
+        .render_as_string(hide_password=False)
+    )
+    engine = engine_from_url(url)
+    try:
+        upgrade(engine)
+        test_mysql_tables_are_utf8mb4_binary(engine)
+    finally:
+        engine.dispose()
+        oa_databases.drop(url)
+
+
 # --- command line and Airflow's plugin scan ----------------------------------------------
 
 

@@ -63,6 +63,14 @@ def test_shipped_demo_config_validates():
         ("name: [unclosed\n", "line 2, column 1", "invalid YAML"),
         ("- a\n- b\n", None, "expected a mapping"),
         (GOOD + "window_days: 3\n", "window_days", "duplicate key (lines 5 and 8)"),
+        (
+            GOOD.replace("office365_cn", "alimail_v2")
+            + "alimail: {calendar_folder: '"
+            + "项" * 201
+            + "'}\n",
+            "alimail.calendar_folder",
+            "at most 200 characters",
+        ),
     ],
 )
 def test_bad_config_names_file_and_field(text, field, message):
@@ -106,3 +114,10 @@ def test_batches_one_task_per_user_then_batches():
     config = parse(GOOD + "execution: {per_user_task_limit: 3, batch_size: 2}\n")
     assert config.execution.batches([1, 2, 3]) == [[1], [2], [3]]
     assert config.execution.batches([1, 2, 3, 4, 5]) == [[1, 2], [3, 4], [5]]
+
+
+@pytest.mark.parametrize(("folder", "kept"), [("'  '", None), ("' 项目 '", "项目"), ("null", None)])
+def test_alimail_calendar_folder_blank_is_the_default_calendar(folder, kept):
+    text = GOOD.replace("office365_cn", "alimail_v2") + f"alimail: {{calendar_folder: {folder}}}\n"
+    config = parse(text)
+    assert config.alimail is not None and config.alimail.calendar_folder == kept

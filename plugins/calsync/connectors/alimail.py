@@ -64,6 +64,7 @@ or the folder renamed) is looked up again and the read retried once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import hashlib
@@ -90,6 +91,7 @@ from calsync.connectors.alimail_http import (
 )
 from calsync.connectors.base import (
     CALSYNC_PROPERTY_NAME,
+    CalendarIds,
     ChangeSet,
     EventWrite,
     SuiteConnector,
@@ -489,8 +491,9 @@ class AlimailConnector(SuiteConnector):
         self._http_lock = threading.Lock()
         self._calendars: dict[str, str] = {}  # mailbox -> calendar id of the configured folder
         self._calendar_locks: dict[str, threading.Lock] = {}
-        self._remembered: dict[str, str] = {}  # ids an earlier run found (use_calendar_ids)
-        self._dropped: set[str] = set()  # mailboxes whose remembered calendar is gone
+        self._listed: set[str] = set()  # mailboxes whose id in _calendars was listed here
+        self._remembered: dict[str, str] = {}  # ids earlier runs listed (use_calendar_ids)
+        self._gone: dict[str, str] = {}  # mailbox -> a remembered id the suite says is gone
         workers = max(4, config.execution.concurrency)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="calsync-alimail")
         self._workers = workers
@@ -563,25 +566,27 @@ class AlimailConnector(SuiteConnector):
 
     @property
     def calendar_name(self) -> str:
-        return (self.params.calendar_folder or "").strip()
+        return self.params.calendar_folder or ""
 
     def use_calendar_ids(self, ids: Mapping[str, str]) -> None:
-        self._remembered.update(ids)
+        with self._http_lock:
+            self._remembered.update(ids)
 
-    def calendar_ids(self) -> dict[str, str | None]:
-        found: dict[str, str | None] = dict.fromkeys(self._dropped)
-        found.update(self._calendars)
-        return found
+    def calendar_ids(self) -> CalendarIds:
+        with self._http_lock:
+            found = {m: self._calendars[m] for m in self._listed if m in self._calendars}
+            gone = {m: i for m, i in self._gone.items() if m not in found}
+        return CalendarIds(found, gone)
 
     def _calendar_id(self, mailbox: str) -> str:
         cached = self._calendars.get(mailbox)
         if cached is not None:
             return cached
-        remembered = self._remembered.get(mailbox)
-        if remembered is not None:  # trusted until the suite says it is gone (_in_calendar)
-            return self._calendars.setdefault(mailbox, remembered)
-        # One listing per mailbox: the writes a drain has in flight for it wait for the first.
         with self._http_lock:
+            remembered = self._remembered.get(mailbox)
+            if remembered is not None:  # believed until the suite says otherwise (_in_calendar)
+                return self._calendars.setdefault(mailbox, remembered)
+            # One listing per mailbox: the writes a drain has in flight for it wait for the first.
             lock = self._calendar_locks.setdefault(mailbox, threading.Lock())
         with lock:
             cached = self._calendars.get(mailbox)
@@ -608,33 +613,67 @@ class AlimailConnector(SuiteConnector):
                 retriable=False,
             )
         calendar_id = str(wire.first(chosen, wire.CALENDAR_ID))
-        self._calendars[mailbox] = calendar_id
+        with self._http_lock:
+            self._calendars[mailbox] = calendar_id
+            self._listed.add(mailbox)
+            if self._gone.get(mailbox) == calendar_id:  # listed again: not gone after all
+                del self._gone[mailbox]
         return calendar_id
 
-    def _forget_calendar(self, mailbox: str, calendar_id: str) -> None:
-        """The suite says ``calendar_id`` is gone: the next use looks the calendar up."""
+    def _listed_id(self, mailbox: str) -> str | None:
+        """The mailbox's calendar id if this connector listed it (not an earlier run)."""
         with self._http_lock:
-            if self._calendars.get(mailbox) == calendar_id:
-                del self._calendars[mailbox]
-            if self._remembered.get(mailbox) == calendar_id:
+            return self._calendars.get(mailbox) if mailbox in self._listed else None
+
+    def _relist(self, mailbox: str, doubted: str) -> str:
+        """Look the calendar up again after the suite cast doubt on ``doubted``: gone, or
+        an event not in it. Another thread's fresh listing meanwhile is taken as it is."""
+        with self._http_lock:
+            if self._remembered.get(mailbox) == doubted:  # first, so no one takes it back
                 del self._remembered[mailbox]
-                self._dropped.add(mailbox)
+                self._gone[mailbox] = doubted
+            if self._calendars.get(mailbox) == doubted:
+                del self._calendars[mailbox]
+                self._listed.discard(mailbox)
+            lock = self._calendar_locks.setdefault(mailbox, threading.Lock())
+        with lock:
+            fresh = self._listed_id(mailbox)
+            if fresh is not None:
+                return fresh
+            return self._list_calendar_id(mailbox)
 
     def _in_calendar(self, mailbox: str, what: str, attempt: Callable[[str], T]) -> T:
-        """``attempt(calendar id)`` in the mailbox's calendar. Where the suite answers that
-        the calendar is gone (an id an earlier run found, or a calendar deleted since it was
-        looked up), nothing was written: the calendar is looked up again and the attempt made
-        once more. ``attempt`` lets such an ApiError through and handles the others."""
+        """``attempt(calendar id)`` in the mailbox's calendar. ``attempt`` raises
+        ``_EventGone`` for an event not there, lets a calendar-gone ApiError through and
+        handles the other answers.
+
+        An answer that the calendar is gone means nothing was done: the calendar is looked up
+        again and the attempt made once more. An event not found in a calendar id an earlier
+        run looked up is believed only once a listing confirms that id (the folder may have
+        been renamed or the default calendar changed since); else the attempt is made in the
+        calendar listed."""
         calendar_id = self._calendar_id(mailbox)
+        event_gone = False
         try:
             return attempt(calendar_id)
         except ApiError as exc:
             if not _is_calendar_gone(exc):
                 raise self._fail(mailbox, what, exc) from None
-        log.info("calendar %s of %s is gone: looking it up again", calendar_id, mailbox)
-        self._forget_calendar(mailbox, calendar_id)
+            log.info("calendar %s of %s is gone: looking it up again", calendar_id, mailbox)
+        except _EventGone:
+            if self._listed_id(mailbox) == calendar_id:
+                raise
+            event_gone = True
+            log.info(
+                "%s: event not in the calendar %s an earlier run looked up: listing again",
+                mailbox,
+                calendar_id,
+            )
+        fresh = self._relist(mailbox, calendar_id)
+        if event_gone and fresh == calendar_id:  # the same calendar: the event is gone indeed
+            raise _EventGone
         try:
-            return attempt(self._calendar_id(mailbox))
+            return attempt(fresh)
         except ApiError as exc:
             raise self._fail(mailbox, what, exc) from None
 
@@ -652,18 +691,14 @@ class AlimailConnector(SuiteConnector):
         when the digest is ``last_digest`` (the view is the one read then). ``remembered``: a
         calendar id from an earlier run, used without listing calendars; if it is gone, they
         are listed again."""
-        calendar_id = self._calendars.get(mailbox) or remembered or self._remembered.get(mailbox)
-        if calendar_id is not None:
-            try:
-                items = self._view_items(mailbox, calendar_id, lo, hi)
-                self._calendars.setdefault(mailbox, calendar_id)  # this task's writes use it
-            except _CalendarGone:
-                log.info("calendar %s of %s is gone: looking it up again", calendar_id, mailbox)
-                self._forget_calendar(mailbox, calendar_id)
-                calendar_id = None
-        if calendar_id is None:
-            calendar_id = self._calendar_id(mailbox)
+        calendar_id = self._calendars.get(mailbox) or remembered or self._calendar_id(mailbox)
+        try:
             items = self._view_items(mailbox, calendar_id, lo, hi)
+        except _CalendarGone:
+            log.info("calendar %s of %s is gone: looking it up again", calendar_id, mailbox)
+            calendar_id = self._relist(mailbox, calendar_id)
+            items = self._view_items(mailbox, calendar_id, lo, hi)
+        self._calendars.setdefault(mailbox, calendar_id)  # this task's writes use it
         digest = view_digest(calendar_id, lo, hi, items)
         if digest == last_digest:
             return None, calendar_id, digest
@@ -743,9 +778,14 @@ class AlimailConnector(SuiteConnector):
         return ChangeSet(_in_window(events, window), [], state, full=True)
 
     def _get(self, mailbox: str, suite_id: str) -> SuiteEvent | None:
-        return self._in_calendar(
-            mailbox, f"reading event {suite_id}", lambda cid: self._get_in(mailbox, cid, suite_id)
-        )
+        try:
+            return self._in_calendar(
+                mailbox,
+                f"reading event {suite_id}",
+                lambda cid: self._get_in(mailbox, cid, suite_id),
+            )
+        except _EventGone:
+            return None
 
     def _get_in(self, mailbox: str, calendar_id: str, suite_id: str) -> SuiteEvent | None:
         path = user_path(wire.EVENT_PATH, mailbox, calendar=calendar_id, event=suite_id)
@@ -753,7 +793,7 @@ class AlimailConnector(SuiteConnector):
             _, body = self._client().call("event_get", "GET", path)
         except ApiError as exc:
             if not _is_calendar_gone(exc) and _is_event_gone(exc):
-                return None
+                raise _EventGone from None
             raise
         item = _unwrap(body)
         try:
@@ -886,14 +926,15 @@ class AlimailConnector(SuiteConnector):
                 )[1]
             except ApiError as exc:
                 if not _is_calendar_gone(exc) and _is_event_gone(exc):
-                    raise ConnectorError(
-                        f"Alibaba Mail event {suite_id} of {mailbox} is gone",
-                        status=404,
-                        retriable=False,
-                    ) from None
+                    raise _EventGone from None
                 raise
 
-        answer = self._in_calendar(mailbox, f"updating event {suite_id}", update_in)
+        try:
+            answer = self._in_calendar(mailbox, f"updating event {suite_id}", update_in)
+        except _EventGone:
+            raise ConnectorError(
+                f"Alibaba Mail event {suite_id} of {mailbox} is gone", status=404, retriable=False
+            ) from None
         item = _unwrap(answer)
         if isinstance(item, dict) and wire.first(item, wire.EV_ID):
             return normalize_event(item, self.config.timezone)
@@ -912,11 +953,12 @@ class AlimailConnector(SuiteConnector):
             try:
                 self._client().call("event_delete", "DELETE", path, params=self._notify())
             except ApiError as exc:
-                if _is_calendar_gone(exc) or not _is_event_gone(exc):
-                    raise
-                # already gone: the wanted state
+                if not _is_calendar_gone(exc) and _is_event_gone(exc):
+                    raise _EventGone from None
+                raise
 
-        self._in_calendar(mailbox, f"deleting event {suite_id}", delete_in)
+        with contextlib.suppress(_EventGone):  # already gone: the wanted state
+            self._in_calendar(mailbox, f"deleting event {suite_id}", delete_in)
 
     async def delete_event(self, mailbox: str, suite_id: str) -> None:
         await self._run(self._delete, mailbox, suite_id)
@@ -931,6 +973,10 @@ class AlimailConnector(SuiteConnector):
         if http is not None:
             http.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _EventGone(Exception):
+    """Internal: the suite says the event is not in the calendar asked (_in_calendar)."""
 
 
 class _CalendarGone(ConnectorError):

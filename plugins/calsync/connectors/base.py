@@ -73,6 +73,15 @@ class ChangeSet:
     full: bool
 
 
+@dataclass(frozen=True, slots=True)
+class CalendarIds:
+    """A run's news for ``calsync_calendar_ids``: ids looked up (mailbox → calendar id; kept,
+    and their age restarts), and kept ids the suite said are gone (mailbox → that id)."""
+
+    found: dict[str, str] = field(default_factory=dict)
+    gone: dict[str, str] = field(default_factory=dict)
+
+
 class IncrementalNotSupported(NotImplementedError):
     """The suite (or this connector) has no change feed: read the window in full."""
 
@@ -127,7 +136,7 @@ class SuiteConnector(abc.ABC):
 
     # Calendar ids kept across runs (``calsync_calendar_ids``): where the suite names the
     # calendar calsync writes to by an id looked up per mailbox (Alibaba Mail lists the
-    # mailbox's calendars), a drain or a full read starts with the ids an earlier run found.
+    # mailbox's calendars), a reverse drain starts with the ids earlier runs looked up.
     # Graph and EWS address the default calendar by a well-known name: they keep none.
 
     @property
@@ -136,13 +145,14 @@ class SuiteConnector(abc.ABC):
         return ""
 
     def use_calendar_ids(self, ids: Mapping[str, str]) -> None:  # noqa: B027 - optional hook
-        """Ids an earlier run found (mailbox → calendar id), used without a lookup until the
-        suite answers that one is gone (then it is looked up again)."""
+        """Ids earlier runs looked up (mailbox → calendar id), used without a lookup. Where
+        the suite answers that one is gone, or that an event is not in it, the calendar is
+        looked up again before the answer is believed."""
 
-    def calendar_ids(self) -> dict[str, str | None]:
-        """The ids this connector looked up or used, to keep for the next run; None for a
-        remembered id that turned out gone (and no other found)."""
-        return {}
+    def calendar_ids(self) -> CalendarIds:
+        """What to keep for the next runs: the ids looked up in this run, and the kept ids
+        that turned out gone."""
+        return CalendarIds()
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release HTTP clients; called once at the end of a task."""

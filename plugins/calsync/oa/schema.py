@@ -204,9 +204,9 @@ sync_state = sa.Table(
 
 # The id of the calendar an integration writes to in each mailbox, where the suite names
 # calendars by an id that has to be looked up (Alibaba Mail: one calendar listing per mailbox).
-# A cache: kept across runs so a drain or a full read does not list every mailbox's calendars
-# again; trusted until the suite answers that the calendar is gone (then looked up again).
-# ``calendar`` is the configured calendar folder ('' = the default calendar).
+# A cache (calsync.oa.calendar_ids): a drain uses the ids looked up within about a day instead
+# of listing every mailbox's calendars again. ``calendar`` is the configured calendar folder
+# ('' = the default calendar); ``updated_at`` when the id was last looked up.
 calendar_ids = sa.Table(
     "calsync_calendar_ids",
     metadata,

@@ -600,8 +600,6 @@ async def sync_users(
         mailboxes = [u.mailbox for u in users]
         states = store.load_sync_states(conn, config.id, mailboxes) if incremental else {}
         known = store.load_source_hashes(conn, config.id, mailboxes)
-        remembered = calendar_ids.load(conn, config.id, connector.calendar_name)
-    connector.use_calendar_ids(remembered)
     context = context_fingerprint(config, ctx, library)
     settings = ApplySettings(config, ctx, window, run, context, confirm_deletes)
     feed = {"supported": incremental}
@@ -706,15 +704,21 @@ async def sync_users(
     finally:
         mapper.shutdown(wait=True)
         writer.shutdown(wait=True)
-    found = connector.calendar_ids()
-    if found:  # a cache for the next run (and the reverse drains): never fails this one
-        try:
-            await asyncio.to_thread(
-                calendar_ids.save, engine, config.id, connector.calendar_name, found, remembered
-            )
-        except Exception as exc:
-            log.warning("%s: calendar ids not stored (%s)", config.id, type(exc).__name__)
+        await _keep_calendar_ids(engine, config, connector)
     return [results[u.mailbox] for u in users]
+
+
+async def _keep_calendar_ids(
+    engine: sa.Engine, config: IntegrationConfig, connector: SuiteConnector
+) -> None:
+    """Store the calendar ids the reads looked up, for the reverse drains (a forward read
+    itself goes by its feed state's calendar). A cache: never fails the run."""
+    try:
+        await asyncio.to_thread(
+            calendar_ids.save, engine, config.id, connector.calendar_name, connector.calendar_ids()
+        )
+    except Exception as exc:
+        log.warning("%s: calendar ids not stored (%s)", config.id, exc)
 
 
 async def _first_error(*coroutines: Any) -> None:

@@ -398,8 +398,7 @@ class IntegrationDrain:
         with engine.connect() as conn:
             scope = store.resolve_scope(conn, config.scope, config.binding)
             by_mailbox, _names, _problems = store.load_rooms(conn)
-            self._calendar_ids = calendar_ids.load(conn, config.id, connector.calendar_name)
-        connector.use_calendar_ids(self._calendar_ids)
+        connector.use_calendar_ids(calendar_ids.load(engine, config.id, connector.calendar_name))
         self.users = {u.id: u for u in scope.users}
         self._by_mailbox = {u.mailbox: u for u in reversed(scope.users)}  # the first one wins
         self.room_mailboxes = {room_id: mailbox for mailbox, room_id in by_mailbox.items()}
@@ -532,10 +531,9 @@ class IntegrationDrain:
                 self.config.id,
                 self.connector.calendar_name,
                 self.connector.calendar_ids(),
-                self._calendar_ids,
             )
         except Exception as exc:
-            log.warning("%s: calendar ids not stored (%s)", self.config.id, type(exc).__name__)
+            log.warning("%s: calendar ids not stored (%s)", self.config.id, exc)
 
     def _lock(self, mailbox: str) -> asyncio.Semaphore:
         lock = self._mailbox_locks.get(mailbox)

@@ -6,8 +6,8 @@ Create Date: 2026-12-02
 
 ``calsync_calendar_ids`` holds, per integration and mailbox, the id of the calendar calsync
 writes to where the suite names it by an id that must be looked up (Alibaba Mail: one
-calendar listing per mailbox). A reverse drain or a full forward read then starts with the
-ids an earlier run found instead of listing every mailbox's calendars again.
+calendar listing per mailbox), and when it was looked up. A reverse drain then starts with
+the ids looked up recently instead of listing every mailbox's calendars again.
 """
 
 from __future__ import annotations
@@ -23,6 +23,13 @@ depends_on: str | None = None
 
 # As in the schema of this revision (never import the live schema into a migration).
 DATETIME_US = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+# MySQL/MariaDB: utf8mb4, binary collation and InnoDB whatever the database's defaults, as
+# every calsync table (0001): a latin1 or case-insensitive default would break comparisons.
+_MYSQL = {
+    f"{prefix}_{key}": value
+    for prefix in ("mysql", "mariadb")
+    for key, value in (("engine", "InnoDB"), ("charset", "utf8mb4"), ("collate", "utf8mb4_bin"))
+}
 
 
 def upgrade() -> None:
@@ -37,6 +44,7 @@ def upgrade() -> None:
         sa.UniqueConstraint(
             "integration_id", "mailbox", "calendar", name="uq_calsync_calendar_ids_mailbox"
         ),
+        **_MYSQL,
     )
 
 
