@@ -40,6 +40,8 @@ import tests.airflow_env  # noqa: F401  (before anything imports Airflow)
 from calsync.oa.db import OADatabaseUnavailable, engine_from_url, redacted
 from calsync.oa.migrate import upgrade
 
+pytest_plugins = ["tests.graph_emulator"]  # the one session Graph emulator
+
 # --- Hypothesis ----------------------------------------------------------------------------
 
 settings.register_profile("ci", derandomize=True, max_examples=50, deadline=None, print_blob=True)

@@ -7,7 +7,6 @@ from tests.integration.conftest import (  # noqa: F401
     config,
     dag_env,
     graph,
-    graph_server,
     include_dir,
     seeded_oa,
 )

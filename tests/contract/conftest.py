@@ -256,6 +256,3 @@ def suite(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> It
     server.store.add_mailbox(env.mailbox)
     yield env
     server.reset()
-
-
-from tests.integration.conftest import graph_server  # noqa: E402,F401 - shared session fixture

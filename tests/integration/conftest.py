@@ -20,9 +20,8 @@ from calsync.config import IntegrationConfig, parse_integration
 from calsync.oa import schema as t
 from calsync.oa.seed import DEMO_USERS, seed_demo
 from tests.airflow_env import AIRFLOW_HOME, ROOT
+from tests.graph_emulator import GRAPH_CONN, GRAPH_SECRET  # noqa: F401  (re-exported)
 
-GRAPH_CONN = "calsync_o365_test"
-GRAPH_SECRET = "Zq7-calsync-CLIENT-SECRET-4e1f"  # distinctive: tests scan outputs for it
 # The demo calendars sit around today in Shanghai so DAG runs (whose window is counted from the
 # real "now") see them; engine tests pass their window explicitly.
 TODAY = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).date()
@@ -42,31 +41,6 @@ execution: {{concurrency: 4, retries: 0}}
 
 def people() -> list[tuple[str, str]]:
     return [(u["email"], u["name"]) for u in DEMO_USERS if u["email"] and u["active"]]
-
-
-@pytest.fixture(scope="session")
-def graph_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from emulators.graph import GraphEmulator
-
-    emu = GraphEmulator(
-        tls_dir=tmp_path_factory.mktemp("tls"), port=0, page_size=10, client_secret=GRAPH_SECRET
-    )
-    emu.start()
-    bundle = tmp_path_factory.mktemp("ca") / "bundle.pem"
-    system = Path("/etc/ssl/certs/ca-certificates.crt")
-    bundle.write_text(
-        (system.read_text() if system.exists() else "") + Path(emu.ca_file).read_text()
-    )
-    saved = {k: os.environ.get(k) for k in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")}
-    os.environ[f"AIRFLOW_CONN_{GRAPH_CONN.upper()}"] = emu.airflow_conn_json()
-    os.environ["SSL_CERT_FILE"] = os.environ["REQUESTS_CA_BUNDLE"] = str(bundle)
-    yield emu
-    emu.stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 @pytest.fixture

@@ -1,3 +1,3 @@
 """Security tests reuse the integration tests' fixtures (test config, Graph emulator)."""
 
-from tests.integration.conftest import config, graph, graph_server  # noqa: F401
+from tests.integration.conftest import config, graph  # noqa: F401

@@ -125,4 +125,3 @@ def test_a_server_signed_by_an_untrusted_ca_is_refused(
 
 
 from tests.contract.conftest import alimail_server  # noqa: E402,F401
-from tests.integration.conftest import graph_server  # noqa: E402,F401
