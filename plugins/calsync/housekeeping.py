@@ -504,9 +504,7 @@ def stale_calendar_ids(
             pass  # its config does not validate: what it configures is unknown
         elif config is None:
             reason = "integration no longer configured"
-        elif (
-            config.alimail is None or row.calendar != (config.alimail.calendar_folder or "").strip()
-        ):
+        elif config.alimail is None or row.calendar != (config.alimail.calendar_folder or ""):
             reason = "calendar no longer configured"
         if reason:
             stale.append((row.id, row.integration_id, reason))

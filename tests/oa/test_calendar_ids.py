@@ -149,3 +149,13 @@ def test_a_table_that_cannot_be_read_costs_listings_not_the_run(
     with caplog.at_level("WARNING", logger="calsync.oa.calendar_ids"):
         assert load(oa_engine) == {}
     assert "kept calendar ids not read" in caplog.text
+
+
+def test_a_table_that_cannot_be_written_costs_listings_not_the_run(
+    oa_engine: sa.Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    with oa_engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE calsync_calendar_ids"))
+    with caplog.at_level("WARNING", logger="calsync.oa.calendar_ids"):
+        assert save(oa_engine, {A: "cal-a"}, {B: "cal-b"}) == 0
+    assert "calendar ids not stored" in caplog.text

@@ -642,39 +642,51 @@ class AlimailConnector(SuiteConnector):
                 return fresh
             return self._list_calendar_id(mailbox)
 
-    def _in_calendar(self, mailbox: str, what: str, attempt: Callable[[str], T]) -> T:
-        """``attempt(calendar id)`` in the mailbox's calendar. ``attempt`` raises
-        ``_EventGone`` for an event not there, lets a calendar-gone ApiError through and
-        handles the other answers.
+    def _in_calendar(
+        self,
+        mailbox: str,
+        what: str,
+        attempt: Callable[[str], T],
+        *,
+        names_event: bool = True,
+    ) -> T:
+        """``attempt(calendar id)`` in the mailbox's calendar; its ApiErrors are sorted here.
 
         An answer that the calendar is gone means nothing was done: the calendar is looked up
-        again and the attempt made once more. An event not found in a calendar id an earlier
-        run looked up is believed only once a listing confirms that id (the folder may have
-        been renamed or the default calendar changed since); else the attempt is made in the
-        calendar listed."""
+        again and the attempt made once more. On a path that ``names_event``, an answer that
+        the event is not there raises ``_EventGone``; under a calendar id an earlier run
+        looked up it is believed only once a listing confirms that id (the folder may have
+        been renamed or the default calendar changed since), else the attempt is made in the
+        calendar listed. Any other answer is a ConnectorError."""
+
+        def event_gone(exc: ApiError) -> bool:
+            return names_event and not _is_calendar_gone(exc) and _is_event_gone(exc)
+
         calendar_id = self._calendar_id(mailbox)
-        event_gone = False
         try:
             return attempt(calendar_id)
         except ApiError as exc:
-            if not _is_calendar_gone(exc):
+            doubted_event = event_gone(exc)
+            if doubted_event:
+                if self._listed_id(mailbox) == calendar_id:
+                    raise _EventGone from None
+                log.info(
+                    "%s: event not in the calendar %s an earlier run looked up: listing again",
+                    mailbox,
+                    calendar_id,
+                )
+            elif _is_calendar_gone(exc):
+                log.info("calendar %s of %s is gone: looking it up again", calendar_id, mailbox)
+            else:
                 raise self._fail(mailbox, what, exc) from None
-            log.info("calendar %s of %s is gone: looking it up again", calendar_id, mailbox)
-        except _EventGone:
-            if self._listed_id(mailbox) == calendar_id:
-                raise
-            event_gone = True
-            log.info(
-                "%s: event not in the calendar %s an earlier run looked up: listing again",
-                mailbox,
-                calendar_id,
-            )
         fresh = self._relist(mailbox, calendar_id)
-        if event_gone and fresh == calendar_id:  # the same calendar: the event is gone indeed
+        if doubted_event and fresh == calendar_id:  # the same calendar: the event is gone
             raise _EventGone
         try:
             return attempt(fresh)
         except ApiError as exc:
+            if event_gone(exc):
+                raise _EventGone from None
             raise self._fail(mailbox, what, exc) from None
 
     # --- reads ---
@@ -789,12 +801,7 @@ class AlimailConnector(SuiteConnector):
 
     def _get_in(self, mailbox: str, calendar_id: str, suite_id: str) -> SuiteEvent | None:
         path = user_path(wire.EVENT_PATH, mailbox, calendar=calendar_id, event=suite_id)
-        try:
-            _, body = self._client().call("event_get", "GET", path)
-        except ApiError as exc:
-            if not _is_calendar_gone(exc) and _is_event_gone(exc):
-                raise _EventGone from None
-            raise
+        _, body = self._client().call("event_get", "GET", path)
         item = _unwrap(body)
         try:
             event = normalize_event(item, self.config.timezone)
@@ -861,7 +868,10 @@ class AlimailConnector(SuiteConnector):
                 return found
         body = {wire.EVENT_WRAPPER: event_payload(event, event.timezone)}
         return self._in_calendar(
-            mailbox, "creating an event", lambda cid: self._create_in(mailbox, cid, event, body)
+            mailbox,
+            "creating an event",
+            lambda cid: self._create_in(mailbox, cid, event, body),
+            names_event=False,
         )
 
     def _create_in(
@@ -920,14 +930,9 @@ class AlimailConnector(SuiteConnector):
 
         def update_in(calendar_id: str) -> Any:
             path = user_path(wire.EVENT_PATH, mailbox, calendar=calendar_id, event=suite_id)
-            try:
-                return self._client().call(
-                    "event_update", wire.UPDATE_METHOD, path, params=self._notify(), json_body=body
-                )[1]
-            except ApiError as exc:
-                if not _is_calendar_gone(exc) and _is_event_gone(exc):
-                    raise _EventGone from None
-                raise
+            return self._client().call(
+                "event_update", wire.UPDATE_METHOD, path, params=self._notify(), json_body=body
+            )[1]
 
         try:
             answer = self._in_calendar(mailbox, f"updating event {suite_id}", update_in)
@@ -950,12 +955,7 @@ class AlimailConnector(SuiteConnector):
     def _delete(self, mailbox: str, suite_id: str) -> None:
         def delete_in(calendar_id: str) -> None:
             path = user_path(wire.EVENT_PATH, mailbox, calendar=calendar_id, event=suite_id)
-            try:
-                self._client().call("event_delete", "DELETE", path, params=self._notify())
-            except ApiError as exc:
-                if not _is_calendar_gone(exc) and _is_event_gone(exc):
-                    raise _EventGone from None
-                raise
+            self._client().call("event_delete", "DELETE", path, params=self._notify())
 
         with contextlib.suppress(_EventGone):  # already gone: the wanted state
             self._in_calendar(mailbox, f"deleting event {suite_id}", delete_in)
@@ -976,7 +976,7 @@ class AlimailConnector(SuiteConnector):
 
 
 class _EventGone(Exception):
-    """Internal: the suite says the event is not in the calendar asked (_in_calendar)."""
+    """Internal: the suite says the event is not in the calendar (from _in_calendar)."""
 
 
 class _CalendarGone(ConnectorError):

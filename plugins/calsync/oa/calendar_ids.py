@@ -66,7 +66,8 @@ def save(engine: sa.Engine, integration_id: str, calendar: str, ids: CalendarIds
     (only while the row still holds that id), in one transaction of its own. Returns the
     rows written. Another run inserting one of the same mailboxes meanwhile makes the insert
     fail: the transaction is made again once (that row is then updated); should it fail
-    again, nothing is stored (logged) and a later run stores what it looks up."""
+    again, nothing is stored (logged) and a later run stores what it looks up. Any other
+    failure is logged, never raised: it costs a later run listings, not this run."""
     found = {m: i for m, i in ids.found.items() if len(i) <= _ID_MAX}
     if len(found) < len(ids.found):
         log.warning("%s: calendar ids over %d characters not kept", integration_id, _ID_MAX)
@@ -85,6 +86,9 @@ def save(engine: sa.Engine, integration_id: str, calendar: str, ids: CalendarIds
                     integration_id,
                     len(found) + len(gone),
                 )
+        except Exception as exc:
+            log.warning("%s: calendar ids not stored (%s)", integration_id, exc)
+            break
     return 0
 
 

@@ -704,21 +704,12 @@ async def sync_users(
     finally:
         mapper.shutdown(wait=True)
         writer.shutdown(wait=True)
-        await _keep_calendar_ids(engine, config, connector)
-    return [results[u.mailbox] for u in users]
-
-
-async def _keep_calendar_ids(
-    engine: sa.Engine, config: IntegrationConfig, connector: SuiteConnector
-) -> None:
-    """Store the calendar ids the reads looked up, for the reverse drains (a forward read
-    itself goes by its feed state's calendar). A cache: never fails the run."""
-    try:
+        # the calendar ids the reads looked up, for the reverse drains (a forward read itself
+        # goes by its feed state's calendar); a failure is logged there, never raised
         await asyncio.to_thread(
             calendar_ids.save, engine, config.id, connector.calendar_name, connector.calendar_ids()
         )
-    except Exception as exc:
-        log.warning("%s: calendar ids not stored (%s)", config.id, exc)
+    return [results[u.mailbox] for u in users]
 
 
 async def _first_error(*coroutines: Any) -> None:

@@ -522,18 +522,12 @@ class IntegrationDrain:
         return self.report
 
     async def _keep_calendar_ids(self) -> None:
-        """Store the calendar ids the connector looked up: the next drain starts with them.
-        A cache: failing to store them never fails the drain."""
-        try:
-            await self._db(
-                calendar_ids.save,
-                self.engine,
-                self.config.id,
-                self.connector.calendar_name,
-                self.connector.calendar_ids(),
-            )
-        except Exception as exc:
-            log.warning("%s: calendar ids not stored (%s)", self.config.id, exc)
+        """Store the calendar ids the connector looked up: the next drain starts with them
+        (a failure is logged there, never raised)."""
+        ids = self.connector.calendar_ids()
+        await self._db(
+            calendar_ids.save, self.engine, self.config.id, self.connector.calendar_name, ids
+        )
 
     def _lock(self, mailbox: str) -> asyncio.Semaphore:
         lock = self._mailbox_locks.get(mailbox)
