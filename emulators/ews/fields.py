@@ -9,6 +9,8 @@ Unknown FieldURIs are skipped when rendering (lenient, like the Graph emulator w
 from __future__ import annotations
 
 import datetime as dt
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,7 @@ from emulators.ews.wire import (
     BadRequest,
     Element,
     T,
+    TypesWriter,
     boolean,
     child,
     children,
@@ -33,6 +36,7 @@ from emulators.ews.wire import (
     fmt_datetime,
     local,
     parse_datetime,
+    raw,
     text,
     tsub,
     xml_bool,
@@ -94,6 +98,13 @@ class Shape:
         if self.base == "Default" and uri in DEFAULT_SHAPE:
             return True
         return uri in self.fields
+
+    @functools.cached_property
+    def wanted(self) -> Callable[[str], bool]:
+        """``wants`` as a set lookup, for rendering many items (made once the shape is read)."""
+        if self.base == "AllProperties":
+            return lambda _uri: True
+        return set(self.fields).union(DEFAULT_SHAPE if self.base == "Default" else ()).__contains__
 
 
 def parse_shape(elem: Element | None) -> Shape:
@@ -195,22 +206,28 @@ def parse_item(elem: Element, context_zone: dt.tzinfo) -> dict[str, Any]:
 # --- rendering ---------------------------------------------------------------------------------
 
 
-def _render_mailbox(parent: Element, email: str, name: str, store: Store) -> None:
-    box = tsub(parent, "Mailbox")
-    tsub(box, "Name", name or store.display_name(email) or email)
-    tsub(box, "EmailAddress", email)
-    tsub(box, "RoutingType", "SMTP")
-    tsub(box, "MailboxType", "Mailbox")
+def _render_mailbox(out: TypesWriter, email: str, name: str, store: Store) -> None:
+    out.parts.append("<t:Mailbox>")
+    out.leaf("Name", name or store.display_name(email) or email)
+    out.leaf("EmailAddress", email)
+    out.parts.append(_MAILBOX_END)
+
+
+_MAILBOX_END = (
+    "<t:RoutingType>SMTP</t:RoutingType><t:MailboxType>Mailbox</t:MailboxType></t:Mailbox>"
+)
 
 
 def _render_attendees(
-    parent: Element, tag: str, people: list[dict[str, str]], store: Store
+    out: TypesWriter, tag: str, people: list[dict[str, str]], store: Store
 ) -> None:
-    node = tsub(parent, tag)
+    node = out.open(tag)
     for person in people:
-        attendee = tsub(node, "Attendee")
-        _render_mailbox(attendee, person["email"], person.get("name", ""), store)
-        tsub(attendee, "ResponseType", person.get("response") or "Unknown")
+        out.parts.append("<t:Attendee>")
+        _render_mailbox(out, person["email"], person.get("name", ""), store)
+        out.leaf("ResponseType", person.get("response") or "Unknown")
+        out.parts.append("</t:Attendee>")
+    out.close(node)
 
 
 def _duration(start: dt.datetime, end: dt.datetime) -> str:
@@ -226,62 +243,65 @@ def _duration(start: dt.datetime, end: dt.datetime) -> str:
 
 
 def render_item(instance: Instance, shape: Shape, store: Store) -> Element:
-    """``<t:CalendarItem>`` (or a meeting message) with the fields the shape asks for."""
+    """``<t:CalendarItem>`` (or a meeting message) with the fields the shape asks for, as a
+    :func:`raw` element (written as text: see :class:`TypesWriter`)."""
+    out = TypesWriter()
+    _render_item(out, instance, shape, store)
+    return raw(out.text())
+
+
+def _render_item(out: TypesWriter, instance: Instance, shape: Shape, store: Store) -> None:
     item = instance.item
     f = instance.f
-    tag = item.kind if item.kind != "CalendarItem" else "CalendarItem"
-    node = el(T, tag)
-    tsub(node, "ItemId", Id=instance.id, ChangeKey=instance.change_key)
-    want = shape.wants
+    leaf = out.leaf
+    node = out.open(item.kind if item.kind != "CalendarItem" else "CalendarItem")
+    leaf("ItemId", Id=instance.id, ChangeKey=instance.change_key)
+    want = shape.wanted
     if want("item:ParentFolderId"):
-        tsub(node, "ParentFolderId", Id=folder_id(item.mailbox, item.folder), ChangeKey="AQAAAA==")
+        leaf("ParentFolderId", Id=folder_id(item.mailbox, item.folder), ChangeKey="AQAAAA==")
     if want("item:ItemClass"):
         klass = {
             "CalendarItem": "IPM.Appointment",
             "MeetingRequest": "IPM.Schedule.Meeting.Request",
             "MeetingCancellation": "IPM.Schedule.Meeting.Canceled",
         }[item.kind]
-        tsub(node, "ItemClass", klass)
+        leaf("ItemClass", klass)
     if want("item:Subject"):
-        tsub(node, "Subject", f.get("subject", ""))
+        leaf("Subject", f.get("subject", ""))
     if item.kind != "CalendarItem":
         if want("item:DateTimeCreated"):
-            tsub(node, "DateTimeCreated", fmt_datetime(item.created))
+            leaf("DateTimeCreated", fmt_datetime(item.created))
         if want("calendar:UID") or want("meeting:UID"):
-            tsub(node, "UID", f.get("uid", ""))
-        return node
+            leaf("UID", f.get("uid", ""))
+        out.close(node)
+        return
     if want("item:Sensitivity"):
-        tsub(node, "Sensitivity", f.get("sensitivity", "Normal"))
+        leaf("Sensitivity", f.get("sensitivity", "Normal"))
     if want("item:Body"):
-        tsub(
-            node,
-            "Body",
-            f.get("body", ""),
-            BodyType=f.get("body_type", "HTML"),
-            IsTruncated="false",
-        )
+        leaf("Body", f.get("body", ""), BodyType=f.get("body_type", "HTML"), IsTruncated="false")
     if want("item:DateTimeReceived"):
-        tsub(node, "DateTimeReceived", fmt_datetime(item.created))
+        leaf("DateTimeReceived", fmt_datetime(item.created))
     if want("item:Size"):
-        tsub(node, "Size", str(512 + len(f.get("body", "")) + len(f.get("subject", ""))))
+        leaf("Size", str(512 + len(f.get("body", "")) + len(f.get("subject", ""))))
     if want("item:Categories"):
-        cats = tsub(node, "Categories")
+        cats = out.open("Categories")
         for name in f.get("categories") or []:
-            tsub(cats, "String", name)
+            leaf("String", name)
+        out.close(cats)
     if want("item:Importance"):
-        tsub(node, "Importance", f.get("importance", "Normal"))
+        leaf("Importance", f.get("importance", "Normal"))
     if want("item:IsDraft"):
-        tsub(node, "IsDraft", "false")
+        leaf("IsDraft", "false")
     if want("item:DateTimeSent"):
-        tsub(node, "DateTimeSent", fmt_datetime(item.created))
+        leaf("DateTimeSent", fmt_datetime(item.created))
     if want("item:DateTimeCreated"):
-        tsub(node, "DateTimeCreated", fmt_datetime(item.created))
+        leaf("DateTimeCreated", fmt_datetime(item.created))
     if want("item:ReminderIsSet"):
-        tsub(node, "ReminderIsSet", xml_bool(bool(f.get("reminder"))))
+        leaf("ReminderIsSet", xml_bool(bool(f.get("reminder"))))
     if want("item:ReminderMinutesBeforeStart"):
-        tsub(node, "ReminderMinutesBeforeStart", str(f.get("reminder_minutes", 15)))
+        leaf("ReminderMinutesBeforeStart", str(f.get("reminder_minutes", 15)))
     if want("item:HasAttachments"):
-        tsub(node, "HasAttachments", "false")
+        leaf("HasAttachments", "false")
     props = f.get("ext") or {}
     wanted_ext = (
         shape.extended if shape.base != "AllProperties" else [p["uri"] for p in props.values()]
@@ -290,101 +310,105 @@ def render_item(instance: Instance, shape: Shape, store: Store) -> Element:
         prop = props.get(ext_key(uri))
         if prop is None:
             continue
-        ext = tsub(node, "ExtendedProperty")
-        tsub(ext, "ExtendedFieldURI", **uri)
+        ext = out.open("ExtendedProperty")
+        leaf("ExtendedFieldURI", **uri)
         if isinstance(prop["value"], list):
-            values = tsub(ext, "Values")
+            values = out.open("Values")
             for value in prop["value"]:
-                tsub(values, "Value", str(value))
+                leaf("Value", str(value))
+            out.close(values)
         else:
-            tsub(ext, "Value", str(prop["value"]))
+            leaf("Value", str(prop["value"]))
+        out.close(ext)
     if want("item:LastModifiedName"):
-        tsub(node, "LastModifiedName", store.display_name(item.mailbox))
+        leaf("LastModifiedName", store.display_name(item.mailbox))
     if want("item:LastModifiedTime"):
-        tsub(node, "LastModifiedTime", fmt_datetime(instance.last_modified or item.last_modified))
+        leaf("LastModifiedTime", fmt_datetime(instance.last_modified or item.last_modified))
     if want("item:IsAssociated"):
-        tsub(node, "IsAssociated", "false")
+        leaf("IsAssociated", "false")
     if want("calendar:UID"):
-        tsub(node, "UID", f.get("uid", ""))
+        leaf("UID", f.get("uid", ""))
     if instance.original_start is not None and want("calendar:RecurrenceId"):
-        tsub(node, "RecurrenceId", fmt_datetime(instance.original_start))
+        leaf("RecurrenceId", fmt_datetime(instance.original_start))
     if want("calendar:Start"):
-        tsub(node, "Start", fmt_datetime(f["start"]))
+        leaf("Start", fmt_datetime(f["start"]))
     if want("calendar:End"):
-        tsub(node, "End", fmt_datetime(f["end"]))
+        leaf("End", fmt_datetime(f["end"]))
     if instance.original_start is not None and want("calendar:OriginalStart"):
-        tsub(node, "OriginalStart", fmt_datetime(instance.original_start))
+        leaf("OriginalStart", fmt_datetime(instance.original_start))
     if want("calendar:IsAllDayEvent"):
-        tsub(node, "IsAllDayEvent", xml_bool(bool(f.get("all_day"))))
+        leaf("IsAllDayEvent", xml_bool(bool(f.get("all_day"))))
     if want("calendar:LegacyFreeBusyStatus"):
-        tsub(node, "LegacyFreeBusyStatus", f.get("busy", "Busy"))
+        leaf("LegacyFreeBusyStatus", f.get("busy", "Busy"))
     if want("calendar:Location"):
-        tsub(node, "Location", f.get("location", ""))
+        leaf("Location", f.get("location", ""))
     people = [p for kind in ("required", "optional", "resources") for p in f.get(kind) or []]
     if want("calendar:IsMeeting"):
-        tsub(node, "IsMeeting", xml_bool(bool(people)))
+        leaf("IsMeeting", xml_bool(bool(people)))
     if want("calendar:IsCancelled"):
-        tsub(node, "IsCancelled", xml_bool(bool(f.get("cancelled"))))
+        leaf("IsCancelled", xml_bool(bool(f.get("cancelled"))))
     if want("calendar:IsRecurring"):
-        tsub(node, "IsRecurring", xml_bool(instance.type != "Single"))
+        leaf("IsRecurring", xml_bool(instance.type != "Single"))
     if want("calendar:MeetingRequestWasSent"):
-        tsub(node, "MeetingRequestWasSent", xml_bool(bool(f.get("meeting_request_was_sent"))))
+        leaf("MeetingRequestWasSent", xml_bool(bool(f.get("meeting_request_was_sent"))))
     if want("calendar:IsResponseRequested"):
-        tsub(node, "IsResponseRequested", xml_bool(bool(f.get("response_requested", True))))
+        leaf("IsResponseRequested", xml_bool(bool(f.get("response_requested", True))))
     if want("calendar:CalendarItemType"):
-        tsub(node, "CalendarItemType", instance.type)
+        leaf("CalendarItemType", instance.type)
     if want("calendar:MyResponseType"):
-        tsub(node, "MyResponseType", f.get("response", "Unknown"))
+        leaf("MyResponseType", f.get("response", "Unknown"))
     if want("calendar:Organizer"):
         organizer = f.get("organizer") or ("", "")
-        _render_mailbox(tsub(node, "Organizer"), organizer[0], organizer[1], store)
+        opened = out.open("Organizer")
+        _render_mailbox(out, organizer[0], organizer[1], store)
+        out.close(opened)
     for uri, key, tag_name in (
         ("calendar:RequiredAttendees", "required", "RequiredAttendees"),
         ("calendar:OptionalAttendees", "optional", "OptionalAttendees"),
         ("calendar:Resources", "resources", "Resources"),
     ):
         if want(uri) and f.get(key):
-            _render_attendees(node, tag_name, f[key], store)
+            _render_attendees(out, tag_name, f[key], store)
     if want("calendar:Duration"):
-        tsub(node, "Duration", _duration(f["start"], f["end"]))
+        leaf("Duration", _duration(f["start"], f["end"]))
     if want("calendar:AppointmentSequenceNumber"):
-        tsub(node, "AppointmentSequenceNumber", str(f.get("sequence", 0)))
+        leaf("AppointmentSequenceNumber", str(f.get("sequence", 0)))
     if want("calendar:AppointmentState"):
         state = (1 if people else 0) | (2 if people and not item.is_organizer else 0)
         state |= 4 if f.get("cancelled") else 0
-        tsub(node, "AppointmentState", str(state))
+        leaf("AppointmentState", str(state))
     if instance.type == "RecurringMaster":
         if want("calendar:Recurrence"):
-            node.append(rec.render(f["recurrence"]))
+            out.element(rec.render(f["recurrence"]))
         if want("calendar:ModifiedOccurrences") and item.overrides:
-            mods = tsub(node, "ModifiedOccurrences")
+            mods = out.open("ModifiedOccurrences")
             for key in sorted(item.overrides):
                 occ = store.get_instance(None, occurrence_id(item.id, key))
-                entry = tsub(mods, "Occurrence")
-                tsub(entry, "ItemId", Id=occ.id, ChangeKey=occ.change_key)
-                tsub(entry, "Start", fmt_datetime(occ.f["start"]))
-                tsub(entry, "End", fmt_datetime(occ.f["end"]))
-                tsub(entry, "OriginalStart", fmt_datetime(key))
+                entry = out.open("Occurrence")
+                leaf("ItemId", Id=occ.id, ChangeKey=occ.change_key)
+                leaf("Start", fmt_datetime(occ.f["start"]))
+                leaf("End", fmt_datetime(occ.f["end"]))
+                leaf("OriginalStart", fmt_datetime(key))
+                out.close(entry)
+            out.close(mods)
         if want("calendar:DeletedOccurrences") and item.removed:
-            deleted = tsub(node, "DeletedOccurrences")
+            deleted = out.open("DeletedOccurrences")
             for key in sorted(item.removed):
-                tsub(tsub(deleted, "DeletedOccurrence"), "Start", fmt_datetime(key))
+                entry = out.open("DeletedOccurrence")
+                leaf("Start", fmt_datetime(key))
+                out.close(entry)
+            out.close(deleted)
     if want("calendar:StartTimeZone"):
-        tsub(node, "StartTimeZone", Id=f.get("tz", "UTC"), Name=f.get("tz", "UTC"))
+        leaf("StartTimeZone", Id=f.get("tz", "UTC"), Name=f.get("tz", "UTC"))
     if want("calendar:EndTimeZone"):
-        tsub(
-            node,
-            "EndTimeZone",
-            Id=f.get("end_tz") or f.get("tz", "UTC"),
-            Name=f.get("end_tz") or "",
-        )
+        leaf("EndTimeZone", Id=f.get("end_tz") or f.get("tz", "UTC"), Name=f.get("end_tz") or "")
     if want("calendar:ConferenceType"):
-        tsub(node, "ConferenceType", "0")
+        leaf("ConferenceType", "0")
     if want("calendar:AllowNewTimeProposal"):
-        tsub(node, "AllowNewTimeProposal", "true")
+        leaf("AllowNewTimeProposal", "true")
     if want("calendar:IsOnlineMeeting"):
-        tsub(node, "IsOnlineMeeting", "false")
-    return node
+        leaf("IsOnlineMeeting", "false")
+    out.close(node)
 
 
 def render_id(instance: Instance) -> Element:

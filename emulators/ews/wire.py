@@ -6,7 +6,9 @@ ElementTree (its C elements) and written by ``_serialize``. The emulator shares 
 cores with the client it is measured against, so its XML costs matter: defusedxml's parser
 took 150 µs for a 2.5 KB CreateItem (lxml 17 µs), ElementTree's pure-Python ``tostring``
 was 40% of the emulator's CPU in a bulk read (it walks the tree twice, for prefixes and to
-write), and lxml's elements take six times as long to build. EWS renders instants in UTC with
+write), and lxml's elements take six times as long to build. Calendar items, most of a bulk
+read's answer, skip the tree: ``TypesWriter`` writes them as text (the same bytes; 200 →
+75-100 µs per item) and ``raw`` places the text in the tree. EWS renders instants in UTC with
 a ``Z``; clients send them with ``Z`` or an offset (exchangelib: the item's own zone).
 """
 
@@ -259,6 +261,9 @@ def _attr(value: str) -> str:
 
 
 def _write(node: ET.Element, out: Any, declarations: str = "") -> None:
+    if node.tag == RAW:
+        out(node.text)
+        return
     name = _name(node.tag)
     attrib = node.attrib
     attrs = "".join([f' {key}="{_attr(value)}"' for key, value in attrib.items()]) if attrib else ""
@@ -272,6 +277,62 @@ def _write(node: ET.Element, out: Any, declarations: str = "") -> None:
         out(f"<{name}{declarations}{attrs} />")
     if node.tail:
         out(_text(node.tail))
+
+
+# The tag of a placeholder whose text is XML written already (raw()): copied as it is.
+RAW = "{urn:calsync-emulator}raw"
+
+
+def raw(xml: str) -> ET.Element:
+    """An element standing for ``xml``, a finished fragment (a :class:`TypesWriter`'s text)."""
+    node = ET.Element(RAW)
+    node.text = xml
+    return node
+
+
+class TypesWriter:
+    """``t:`` elements written straight to text, for answers with many of them (a 40-item
+    GetItem). Building ElementTree elements and then walking them to write took 70% of the
+    emulator's CPU in a bulk read; this writes what ``_write`` would, byte for byte."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def leaf(self, name: str, text_: str | None = None, **attrs: Any) -> None:
+        """``<t:name …>text</t:name>``; attributes that are None are left out."""
+        head = f"t:{name}{_attr_text(attrs)}" if attrs else f"t:{name}"
+        if text_:
+            self.parts.append(f"<{head}>{_text(text_)}</t:{name}>")
+        else:
+            self.parts.append(f"<{head} />")
+
+    def open(self, name: str, **attrs: Any) -> tuple[int, str]:
+        """Start ``<t:name>``; :meth:`close` ends it (an element left empty is ``<t:name />``)."""
+        head = f"t:{name}{_attr_text(attrs)}" if attrs else f"t:{name}"
+        self.parts.append(f"<{head}>")
+        return len(self.parts) - 1, head
+
+    def close(self, opened: tuple[int, str]) -> None:
+        at, head = opened
+        if at == len(self.parts) - 1:
+            self.parts[at] = f"<{head} />"
+        else:
+            self.parts.append(f"</{head.partition(' ')[0]}>")
+
+    def element(self, node: ET.Element) -> None:
+        """An ElementTree element, written as ``_write`` writes it."""
+        _write(node, self.parts.append)
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def _attr_text(attrs: dict[str, Any]) -> str:
+    return "".join(
+        [f' {key}="{_attr(str(value))}"' for key, value in attrs.items() if value is not None]
+    )
 
 
 def fault(
