@@ -40,7 +40,7 @@ import tests.airflow_env  # noqa: F401  (before anything imports Airflow)
 from calsync.oa.db import OADatabaseUnavailable, engine_from_url, redacted
 from calsync.oa.migrate import upgrade
 
-pytest_plugins = ["tests.graph_emulator"]  # the one session Graph emulator
+pytest_plugins = ["tests.graph_emulator", "tests.suite_emulators"]  # the session emulators
 
 # --- Hypothesis ----------------------------------------------------------------------------
 

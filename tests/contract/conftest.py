@@ -217,25 +217,6 @@ class AlimailEnv:
         return sum(self.server.stats["notifications"].values())
 
 
-@pytest.fixture(scope="session")
-def ews_server() -> Iterator[Any]:
-    from emulators.ews import EwsEmulator
-
-    emu = EwsEmulator().start()
-    yield emu
-    emu.stop()
-
-
-@pytest.fixture(scope="session")
-def alimail_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from emulators.alimail import AlimailEmulator
-
-    emu = AlimailEmulator(tls_dir=tmp_path_factory.mktemp("alimail-tls"))
-    emu.start()
-    yield emu
-    emu.stop()
-
-
 @pytest.fixture(params=["office365", "exchange", "alimail_v2"])
 def suite(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[ContractEnv]:
     """Each connector against its emulator, built by ``connector_for`` from an integration

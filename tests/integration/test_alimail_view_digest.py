@@ -30,7 +30,7 @@ def at(day: dt.date, hour: int) -> dt.datetime:
 
 @pytest.fixture
 def alimail_suite(
-    alimail_server: Any,  # noqa: F811 - the fixture
+    alimail_server: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[AlimailSuite]:
     monkeypatch.setenv(f"AIRFLOW_CONN_{ALIMAIL_CONN.upper()}", alimail_server.airflow_conn_json())
@@ -102,5 +102,4 @@ def test_an_unchanged_view_costs_one_request_and_no_oa_write(
 
 
 # fixtures: the Alibaba emulator (started once per session) and the OA on each database
-from tests.contract.conftest import alimail_server  # noqa: E402,F401
 from tests.integration.safety_suites import oa_any  # noqa: E402,F401

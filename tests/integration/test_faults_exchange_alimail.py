@@ -454,6 +454,3 @@ def test_a_page_failing_hard_fails_its_mailbox_alone_then_a_rerun_finishes(
     assert errors(rerun) == {}
     assert content(oa) == expected
     assert set(runner()["totals"]) <= {"unchanged", "skipped"}
-
-
-from tests.contract.conftest import alimail_server, ews_server  # noqa: E402,F401

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from calsync.config import IntegrationConfig, parse_integration
-from tests.contract.conftest import EWS_CONN, ews_server  # noqa: F401  (a session fixture)
+from tests.contract.conftest import EWS_CONN
 from tests.integration.test_forward_properties import (  # noqa: F401  (oa_template: a fixture)
     EXTERNAL,
     PEOPLE,
@@ -134,7 +134,7 @@ def reset_mailboxes(ews: Any) -> None:
 
 
 @pytest.fixture
-def config(ews_server: Any, monkeypatch: pytest.MonkeyPatch) -> IntegrationConfig:  # noqa: F811
+def config(ews_server: Any, monkeypatch: pytest.MonkeyPatch) -> IntegrationConfig:
     """Impersonation through the EWS emulator's service account (the connection), over plain
     HTTP (TLS is the connector tests' business)."""
     monkeypatch.setenv(f"AIRFLOW_CONN_{EWS_CONN.upper()}", ews_server.airflow_conn_json())
@@ -144,7 +144,7 @@ def config(ews_server: Any, monkeypatch: pytest.MonkeyPatch) -> IntegrationConfi
 
 @pytest.fixture
 def harnesses(
-    ews_server: Any,  # noqa: F811
+    ews_server: Any,
     config: IntegrationConfig,
     oa_template: Path,  # noqa: F811
     tmp_path: Path,
@@ -170,7 +170,7 @@ def requests(ews: Any) -> dict[str, set[str]]:
 
 def test_scheduled_runs_continue_the_sync_feed_and_an_invalid_state_reads_in_full(
     harnesses: Any,
-    ews_server: Any,  # noqa: F811
+    ews_server: Any,
 ) -> None:
     """The scheduled path really continues SyncFolderItems: after a first (full) run, a run
     with no change sends SyncFolderItems for each mailbox, no calendar view, and plans

@@ -664,4 +664,3 @@ def test_alimail_calendars_are_listed_once_across_drains(alimail: Any, oa: sa.En
 
 
 # the emulators, started once per session as for the contract tests
-from tests.contract.conftest import alimail_server, ews_server  # noqa: E402,F401

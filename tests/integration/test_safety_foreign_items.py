@@ -182,5 +182,4 @@ def test_reverse_never_touches_suite_events_without_the_marker(
 
 
 # fixtures: the suites over their emulators (EWS and Alibaba started once per session)
-from tests.contract.conftest import alimail_server, ews_server  # noqa: E402,F401
 from tests.integration.safety_suites import oa, suite  # noqa: E402,F401

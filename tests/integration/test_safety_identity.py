@@ -365,6 +365,5 @@ def test_moves_id_changes_and_expiries_never_duplicate_or_recreate(worlds: Any, 
 
 
 # fixtures: the suites over their emulators (EWS and Alibaba started once per session)
-from tests.contract.conftest import alimail_server, ews_server  # noqa: E402,F401
 from tests.integration.safety_suites import oa, suite  # noqa: E402,F401
 from tests.integration.test_forward_properties import oa_template  # noqa: E402,F401

@@ -124,5 +124,4 @@ def test_server_noise_writes_nothing_anywhere(
 
 
 # fixtures: the suites over their emulators (EWS and Alibaba started once per session)
-from tests.contract.conftest import alimail_server, ews_server  # noqa: E402,F401
 from tests.integration.safety_suites import oa, suite  # noqa: E402,F401

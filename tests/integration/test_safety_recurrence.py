@@ -200,5 +200,4 @@ def test_oa_delete_of_one_occurrence_cancels_that_occurrence_only(
 
 
 # fixtures: the suites over their emulators (EWS and Alibaba started once per session)
-from tests.contract.conftest import alimail_server, ews_server  # noqa: E402,F401
 from tests.integration.safety_suites import oa, suite  # noqa: E402,F401

@@ -92,5 +92,4 @@ def test_reverse_books_the_room_as_a_resource_never_in_its_calendar(
 
 
 # fixtures: the suites over their emulators (EWS and Alibaba started once per session)
-from tests.contract.conftest import alimail_server, ews_server  # noqa: E402,F401
 from tests.integration.safety_suites import oa, suite  # noqa: E402,F401

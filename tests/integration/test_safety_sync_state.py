@@ -132,5 +132,4 @@ def test_expired_state_and_a_moved_window_reconcile_without_deletes_or_recreates
 
 
 # fixtures: the suites over their emulators (EWS and Alibaba started once per session)
-from tests.contract.conftest import alimail_server, ews_server  # noqa: E402,F401
 from tests.integration.safety_suites import oa_any, suite  # noqa: E402,F401

@@ -309,5 +309,4 @@ def test_reads_near_transitions_match_the_zone_rules(
 
 
 # fixtures: the suites over their emulators (EWS and Alibaba started once per session)
-from tests.contract.conftest import alimail_server, ews_server  # noqa: E402,F401
 from tests.integration.safety_suites import oa, suite  # noqa: E402,F401

@@ -122,6 +122,3 @@ def test_a_server_signed_by_an_untrusted_ca_is_refused(
 
     trusted, _ = case(server, monkeypatch, trusted=True)
     assert list_events(trusted) == []
-
-
-from tests.contract.conftest import alimail_server  # noqa: E402,F401
