@@ -101,5 +101,5 @@ def test_an_unchanged_view_costs_one_request_and_no_oa_write(
     assert not written, written
 
 
-# fixtures: the Alibaba emulator (started once per session) and the OA on each database
+# fixtures: the OA on each database (alimail_server: tests/suite_emulators.py)
 from tests.integration.safety_suites import oa_any  # noqa: E402,F401

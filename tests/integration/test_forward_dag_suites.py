@@ -81,16 +81,6 @@ def ews(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     emu.stop()
 
 
-@pytest.fixture(scope="module")
-def alimail(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from emulators.alimail import AlimailEmulator
-
-    emu = AlimailEmulator(tls_dir=tmp_path_factory.mktemp("ali-tls"))
-    emu.start()
-    yield emu
-    emu.stop()
-
-
 @pytest.fixture(params=["exchange", "alimail_v2"])
 def suite_dag(request, airflow_db, include_dir, airflow_oa, monkeypatch) -> tuple[str, Any, Any]:
     kind = request.param
@@ -105,7 +95,7 @@ def suite_dag(request, airflow_db, include_dir, airflow_oa, monkeypatch) -> tupl
         )
         titles = {"EWS 项目周会", "EWS 年假"}
     else:
-        emu = request.getfixturevalue("alimail")
+        emu = request.getfixturevalue("alimail_server")  # the session one (TLS too)
         emu.reset()
         alimail_seed(emu)
         monkeypatch.setenv("AIRFLOW_CONN_CALSYNC_ALI_TEST", emu.airflow_conn_json())

@@ -661,6 +661,3 @@ def test_alimail_calendars_are_listed_once_across_drains(alimail: Any, oa: sa.En
     assert ages["wangfang@contoso.com"] > ages["zhangwei@contoso.com"]  # its age restarted
     for i in range(6):
         assert len(alimail.events(f"{logins[i % 3]}@contoso.com", f"first {i}")) == 1
-
-
-# the emulators, started once per session as for the contract tests
