@@ -7,8 +7,8 @@ cores with the client it is measured against, so its XML costs matter: defusedxm
 took 150 µs for a 2.5 KB CreateItem (lxml 17 µs), ElementTree's pure-Python ``tostring``
 was 40% of the emulator's CPU in a bulk read (it walks the tree twice, for prefixes and to
 write), and lxml's elements take six times as long to build. Calendar items, most of a bulk
-read's answer, skip the tree: ``TypesWriter`` writes them as text (the same bytes; 200 →
-75-100 µs per item) and ``raw`` places the text in the tree. EWS renders instants in UTC with
+read's answer, skip the tree: ``TypesWriter`` writes them as text (the same bytes in about
+half the CPU) and ``raw`` places the text in the tree. EWS renders instants in UTC with
 a ``Z``; clients send them with ``Z`` or an offset (exchangelib: the item's own zone).
 """
 
