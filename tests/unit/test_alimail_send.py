@@ -48,7 +48,7 @@ class _Recorder(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    do_GET = do_POST = do_PUT = do_DELETE = _answer
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -85,6 +85,8 @@ def _comparable(request: dict[str, Any]) -> tuple[str, dict[str, str], Any]:
         ("POST", None, None),
         ("GET", {"startTime": "2026-12-01T00:00:00+08:00", "q": "a b&c"}, None),
         ("PUT", None, BODY),
+        (wire.UPDATE_METHOD, {"notify": "false"}, BODY),
+        ("patch", None, BODY),  # as requests does: the method upper-cased
         ("DELETE", {"notify": "true"}, None),
     ],
 )

@@ -405,7 +405,7 @@ class AlimailHttp:
                 allow_redirects=False,
             )
         prepared = requests.PreparedRequest()
-        prepared.method = method
+        prepared.prepare_method(method)
         prepared.prepare_url(url, params)
         prepared.headers = CaseInsensitiveDict(session.headers)
         prepared.headers.update(headers)
@@ -414,7 +414,7 @@ class AlimailHttp:
             prepared.body = orjson.dumps(json_body)
             prepared.headers["Content-Type"] = "application/json"
         # what requests sends for a bodiless POST/PUT/PATCH, and a body's length
-        if prepared.body is not None or method not in ("GET", "HEAD"):
+        if prepared.body is not None or prepared.method not in ("GET", "HEAD"):
             prepared.headers["Content-Length"] = str(len(prepared.body or b""))
         settings = session.merge_environment_settings(url, {}, False, self.verify, None)
         response = session.get_adapter(url).send(
