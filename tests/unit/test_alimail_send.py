@@ -71,11 +71,11 @@ def _client(endpoint: str) -> AlimailHttp:
     return AlimailHttp(endpoint, Credentials("app", "secret"), "calsync_alimail")
 
 
-# requests' own User-Agent and Accept-Encoding come from the session in both paths
 def _comparable(request: dict[str, Any]) -> tuple[str, dict[str, str], Any]:
-    headers = dict(request["headers"])
+    """Request line, headers (User-Agent and Accept-Encoding included: both paths take the
+    session's) and the body as JSON."""
     body = json.loads(request["body"]) if request["body"] else None
-    return request["line"], headers, body
+    return request["line"], request["headers"], body
 
 
 @pytest.mark.parametrize(

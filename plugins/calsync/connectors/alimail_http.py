@@ -409,7 +409,6 @@ class AlimailHttp:
         prepared.prepare_url(url, params)
         prepared.headers = CaseInsensitiveDict(session.headers)
         prepared.headers.update(headers)
-        prepared.body = None
         if json_body is not None:
             prepared.body = orjson.dumps(json_body)
             prepared.headers["Content-Type"] = "application/json"
